@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmarks: config loading, synthetic batches, tables."""
+
+import importlib.util
+import os
+from typing import Dict, List, Sequence
+
+import jax
+import numpy as np
+
+
+def load_config(path: str):
+  """Runs `get_config()` of a configs/*.py file given by path or name."""
+  if not path.endswith('.py'):
+    path = os.path.join(os.path.dirname(__file__), '..', 'configs',
+                        path + '.py')
+  spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def synthetic_text_batch(rng: np.random.Generator, shape: Sequence[int],
+                         max_tokens: int, text_dim: int) -> Dict[str, np.ndarray]:
+  """Random text features for a (d_steps, batch) batch, real-looking masks."""
+  lengths = rng.integers(3, max_tokens + 1, size=tuple(shape))
+  mask = np.arange(max_tokens) < lengths[..., None]
+  return {
+      'sentence_emb': rng.standard_normal(tuple(shape) + (text_dim,),
+                                          dtype=np.float32),
+      'word_emb': rng.standard_normal(tuple(shape) + (max_tokens, text_dim),
+                                      dtype=np.float32),
+      'word_mask': mask,
+  }
+
+
+def peak_memory_gib(device: jax.Device):
+  """Peak bytes in use on `device` in GiB, or None where not reported."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / 2**30
+
+
+def print_table(header: List[str], rows: List[List[str]]) -> None:
+  """Prints a markdown table."""
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for row in rows:
+    print('| ' + ' | '.join(str(x) for x in row) + ' |')

@@ -1,0 +1,164 @@
+"""Generator and discriminator: shapes, dtypes, layers, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from benchmarks.param_counts import count_parameters
+from xmcgan_jax import parallel
+from xmcgan_jax.models import Discriminator
+from xmcgan_jax.models import Generator
+from xmcgan_jax.models import layers
+
+E, T, Z = 16, 6, 8
+
+
+def _text(b, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(2, T + 1, size=b)
+  return (rng.normal(size=(b, Z)).astype(np.float32),
+          rng.normal(size=(b, E)).astype(np.float32),
+          rng.normal(size=(b, T, E)).astype(np.float32),
+          np.arange(T)[None] < lengths[:, None])
+
+
+# Every size and both compute dtypes, without the full cross product (CPU time).
+@pytest.mark.parametrize('size,dtype', [(64, jnp.float32), (64, jnp.bfloat16),
+                                        (128, jnp.bfloat16),
+                                        (256, jnp.float32)])
+def test_shapes_dtypes_and_range(size, dtype):
+  g = Generator(image_size=size, base_width=2, z_dim=Z, text_dim=E,
+                max_tokens=T, dtype=dtype)
+  d = Discriminator(image_size=size, base_width=2, text_dim=E, dtype=dtype)
+  b = 3
+  z, sentence, words, mask = _text(b)
+  g_vars = g.init(jax.random.key(0), z, sentence, words, mask, train=False)
+  images, _ = g.apply(g_vars, z, sentence, words, mask, train=True,
+                      mutable=['batch_stats'])
+  assert images.shape == (b, size, size, 3) and images.dtype == jnp.float32
+  assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(g_vars))
+  d_vars = d.init(jax.random.key(1), images, sentence, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(d_vars))
+  out, _ = d.apply(d_vars, images, sentence, train=True,
+                   mutable=['spectral_norm_stats'])
+  width = 2 * 16
+  assert out.logits.shape == (b,) and out.logits.dtype == jnp.float32
+  assert out.pooled.shape == (b, width) and out.pooled.dtype == dtype
+  assert out.projection.shape == (b, width)
+  assert out.regions.shape == (b, 256, E) and out.regions.dtype == dtype
+  assert np.isfinite(np.asarray(out.logits)).all()
+
+
+def test_bad_sizes_and_inputs_are_named():
+  with pytest.raises(ValueError, match='image_size=96'):
+    z, s, w, m = _text(1)
+    Generator(image_size=96, base_width=2, z_dim=Z, text_dim=E,
+              max_tokens=T).init(jax.random.key(0), z, s, w, m)
+  with pytest.raises(ValueError, match='word_emb'):
+    z, s, w, m = _text(1)
+    Generator(image_size=64, base_width=2, z_dim=Z, text_dim=E,
+              max_tokens=T + 1).init(jax.random.key(0), z, s, w, m)
+
+
+def test_local_cbn_rewrite_equals_naive_full_resolution():
+  """gamma/beta at 16x16 then upsampled == 1x1 convs of the upsampled map."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 64, 64, 5)).astype(np.float32)
+  cond16 = rng.normal(size=(2, 16, 16, 7)).astype(np.float32)
+  cbn = layers.ConditionalBatchNorm(5)
+  variables = cbn.init(jax.random.key(0), x, cond16, train=True)
+  got, _ = cbn.apply(variables, x, cond16, train=True, mutable=['batch_stats'])
+
+  p = variables['params']
+  cond64 = np.repeat(np.repeat(cond16, 4, axis=1), 4, axis=2)
+  gamma = cond64 @ p['gamma']['kernel'] + p['gamma']['bias']
+  beta = cond64 @ p['beta']['kernel'] + p['beta']['bias']
+  mean = x.mean((0, 1, 2))
+  var = x.var((0, 1, 2))
+  want = (x - mean) / np.sqrt(var + 1e-5) * (1 + gamma) + beta
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_generator_shortcut_rewrite_equals_upsample_then_conv():
+  """The shortcut conv1x1 before upsampling equals it after (the release)."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 3, 4)), jnp.float32)
+  conv = lambda h: jax.lax.conv_general_dilated(
+      h, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(layers.upsample_nearest(conv(x), 2),
+                             conv(layers.upsample_nearest(x, 2)), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_spectral_norm_power_iteration_and_eval_freeze():
+  layer = layers.SpectralDense(6)
+  x = jnp.ones((1, 10))
+  variables = layer.init(jax.random.key(0), x, update_stats=False)
+  kernel = np.asarray(variables['params']['kernel'])
+  sigma_true = np.linalg.svd(kernel, compute_uv=False)[0]
+  state = variables['spectral_norm_stats']
+  for _ in range(30):
+    _, new = layer.apply({'params': variables['params'],
+                          'spectral_norm_stats': state}, x, update_stats=True,
+                         mutable=['spectral_norm_stats'])
+    state = new['spectral_norm_stats']
+  # After converging, the layer applies kernel / sigma_max.
+  y_sn, _ = layer.apply({'params': variables['params'],
+                         'spectral_norm_stats': state}, x, update_stats=False,
+                        mutable=['spectral_norm_stats'])
+  x_probe = np.eye(10, dtype=np.float32)
+  w_sn = layer.apply({'params': {'kernel': variables['params']['kernel'],
+                                 'bias': np.zeros(6, np.float32)},
+                      'spectral_norm_stats': state}, x_probe,
+                     update_stats=False)
+  np.testing.assert_allclose(np.asarray(w_sn), kernel / sigma_true, rtol=1e-3,
+                             atol=1e-4)
+  # Frozen in eval: the u vector is not written back.
+  _, after = layer.apply({'params': variables['params'],
+                          'spectral_norm_stats': state}, x, update_stats=False,
+                         mutable=['spectral_norm_stats'])
+  np.testing.assert_array_equal(after['spectral_norm_stats']['u'], state['u'])
+  assert np.isfinite(np.asarray(y_sn)).all()
+
+
+def test_batchnorm_groups_on_8_devices():
+  """Group statistics over pairs of devices equal numpy per-group stats."""
+  mesh = parallel.make_mesh()
+  x = np.random.default_rng(0).normal(size=(16, 3, 3, 4)).astype(np.float32)
+  x += np.arange(16)[:, None, None, None]  # Make groups differ.
+  bn = layers.BatchNorm(axis_name='data', group_size=2)
+  variables = bn.init(jax.random.key(0), x[:2], use_running_average=True)
+
+  def per_device(x):
+    y, _ = bn.apply(variables, x, use_running_average=False,
+                    mutable=['batch_stats'])
+    return y
+
+  got = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P('data'),
+                              out_specs=P('data'), check_vma=False))(x)
+  want = []
+  for g in range(4):  # 2 devices x 2 examples per group.
+    xs = x[4 * g:4 * g + 4]
+    want.append((xs - xs.mean((0, 1, 2))) /
+                np.sqrt(xs.var((0, 1, 2)) + 1e-5))
+  np.testing.assert_allclose(got, np.concatenate(want), rtol=1e-4, atol=1e-4)
+
+
+def test_parameter_counts_at_paper_widths():
+  """gf = df = 96, BERT-base E = 768, T = 17.
+
+  The reference counts, derived from the 2021 release's layer shapes, are G
+  78.5 M / 92.9 M and D 87.9 M / 99.4 M (128 / 256 px). Our G drops the biases
+  of the convs that feed a BatchNorm (their gradient is exactly zero), about
+  40 k parameters; D is unchanged.
+  """
+  n128 = count_parameters(128)
+  n256 = count_parameters(256)
+  assert round(n128['discriminator'] / 1e5) == 879
+  assert round(n256['discriminator'] / 1e5) == 994
+  for n, ref in ((n128['generator'], 78.51e6), (n256['generator'], 92.87e6)):
+    assert 0 < ref - n < 1e5, n

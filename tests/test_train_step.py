@@ -1,0 +1,142 @@
+"""The sharded train step: device-count invariance, negatives, compile, learning."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from xmcgan_jax import parallel
+from xmcgan_jax import train_step as ts
+from xmcgan_jax.models import Discriminator
+from xmcgan_jax.models import Generator
+
+SIZE, E, T, Z, B = 64, 16, 6, 8, 16  # B: global batch per sub-step.
+
+
+def _models():
+  g = Generator(image_size=SIZE, base_width=4, z_dim=Z, text_dim=E,
+                max_tokens=T)
+  d = Discriminator(image_size=SIZE, base_width=4, text_dim=E)
+  return g, d
+
+
+def _batch(seed=0, d_steps=2):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(2, T + 1, size=(d_steps, B, 1))
+  # Real images: smooth colour fields that depend on the caption, so that
+  # D has something to learn.
+  sentence = rng.normal(size=(d_steps, B, E)).astype(np.float32)
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+  colour = 1 / (1 + np.exp(-sentence[..., :3]))
+  images = colour[:, :, None, None, :] * (0.5 + 0.5 * np.sin(
+      6 * xx + 3 * yy))[None, None, :, :, None]
+  return {'image': images.astype(np.float32), 'sentence_emb': sentence,
+          'word_emb': rng.normal(size=(d_steps, B, T, E)).astype(np.float32),
+          'word_mask': np.arange(T)[None, None] < lengths}
+
+
+@functools.lru_cache(maxsize=None)
+def _step(n_devices, negatives, bn_group='global'):
+  g, d = _models()
+  g_tx, d_tx = ts.make_optimizers()
+  mesh = parallel.make_mesh(jax.devices()[:n_devices])
+  config = ts.StepConfig(contrastive_negatives=negatives, bn_group=bn_group)
+  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
+  init = lambda: ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx,
+                                       mesh)
+  return step, init
+
+
+def _leaves(state):
+  parts = (state.g_params, state.d_params, state.ema_g_params, state.g_state,
+           state.d_state)
+  return [np.asarray(x) for x in jax.tree.leaves(parts)]
+
+
+def _assert_close(got, want, rtol):
+  for a, b in zip(got, want):
+    scale = np.maximum(np.abs(b), np.abs(b).mean() + 1e-12)
+    assert np.max(np.abs(a - b) / scale) < rtol, np.max(np.abs(a - b) / scale)
+
+
+@pytest.fixture(scope='module')
+def one_step_states():
+  batch = _batch()
+  out = {}
+  for key in [(8, 'global'), (1, 'global'), (8, 'local')]:
+    step, init = _step(*key)
+    state, metrics = step(init(), batch)
+    out[key] = (_leaves(state), {k: float(v) for k, v in metrics.items()})
+  return out
+
+
+def test_eight_devices_equal_one_device(one_step_states):
+  params8, metrics8 = one_step_states[(8, 'global')]
+  params1, metrics1 = one_step_states[(1, 'global')]
+  _assert_close(params8, params1, rtol=1e-5)
+  for k in metrics1:
+    np.testing.assert_allclose(metrics8[k], metrics1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_local_negatives_change_the_result(one_step_states):
+  params_g, metrics_g = one_step_states[(8, 'global')]
+  params_l, metrics_l = one_step_states[(8, 'local')]
+  diff = max(np.max(np.abs(a - b)) for a, b in zip(params_g, params_l))
+  assert diff > 1e-4
+  # 2 rows per device: local NCE has 1 negative, global has 15.
+  assert metrics_l['d_sentence'] < metrics_g['d_sentence']
+
+
+def test_metrics_cover_every_term(one_step_states):
+  _, metrics = one_step_states[(8, 'global')]
+  for k in ['d_loss', 'g_loss', 'd_adv', 'd_sentence', 'd_word', 'g_adv',
+            'g_sentence', 'g_word', 'g_image_d', 'real_logits', 'fake_logits',
+            'd_sentence_acc', 'g_word_acc', 'd_grad_norm', 'g_grad_norm']:
+    assert np.isfinite(metrics[k]), k
+  assert 'g_image_pretrained' not in metrics  # No encoder given.
+
+
+def test_compiles_once_and_learns():
+  """Repeated calls reuse one executable; D's hinge loss falls, no NaN."""
+  step, init = _step(8, 'global')
+  state = init()
+  batch = _batch(seed=1)
+  d_adv = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    d_adv.append(float(metrics['d_adv']))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert step.jitted._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 30
+  assert np.mean(d_adv[-5:]) < d_adv[0] - 0.3, d_adv
+
+
+def test_switched_off_terms_are_not_computed():
+  g, d = _models()
+  g_tx, d_tx = ts.make_optimizers()
+  mesh = parallel.make_mesh()
+  config = ts.StepConfig(d_steps_per_g_step=1, weights=ts.LossWeights(
+      word=0.0, image_d=0.0))
+  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
+  state = ts.create_train_state(jax.random.PRNGKey(1), g, d, g_tx, d_tx, mesh)
+  batch = jax.tree.map(lambda x: x[:1], _batch())
+  _, metrics = step(state, batch)
+  assert 'd_word' not in metrics and 'g_image_d' not in metrics
+  assert 'g_sentence' in metrics
+
+
+def test_bad_batches_and_configs_are_named():
+  step, init = _step(8, 'global')
+  state = init()
+  batch = _batch()
+  with pytest.raises(ValueError, match='word_emb'):
+    step(state, dict(batch, word_emb=batch['word_emb'][..., :-1]))
+  with pytest.raises(ValueError, match='divisible'):
+    step(state, jax.tree.map(lambda x: x[:, :12], batch))
+  with pytest.raises(ValueError, match='d_steps_per_g_step'):
+    step(state, jax.tree.map(lambda x: x[:1], batch))
+  with pytest.raises(ValueError, match='contrastive_negatives'):
+    ts.StepConfig(contrastive_negatives='cross')
+  with pytest.raises(ValueError, match='bn_group'):
+    ts.StepConfig(bn_group='pod')

@@ -1,0 +1,135 @@
+"""The base experiment config every file in configs/ starts from, and its checks.
+
+configs/*.py call `get_base_config()` and override fields; `validate` runs
+before anything is compiled or read, so a bad field fails in a second with a
+message naming it.
+"""
+
+from typing import Optional
+
+import ml_collections
+
+DATASETS = ('shapes', 'coco', 'ln_coco', 'ln_openimages')
+IMAGE_SIZES = (64, 128, 256)
+IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Paper defaults (COCO-like); each config file overrides what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Model init, noise and data order all derive from it.
+
+  # Data.
+  c.dataset = 'shapes'  # One of DATASETS.
+  c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets).
+  c.manual_dir = ''  # Localized Narratives: JSONL + images (see README).
+  c.shapes_train_size = 20_000  # Shapes: generated training examples.
+  c.shapes_eval_size = 2_000  # Shapes: generated validation examples.
+  c.image_size = 256  # 64, 128 or 256; sets the G/D channel schedules.
+  c.max_tokens = 17  # T: word pieces incl. [CLS]/[SEP] (17 COCO, 64 LN).
+  c.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples per host).
+
+  # Text encoder (frozen BERT family, run inside the train step).
+  c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.
+  c.text_pooling = 'mean'  # Sentence feature: 'mean' of real tokens or 'pooler'.
+
+  # Model.
+  c.g_width = 96  # gf: generator base channels.
+  c.d_width = 96  # df: discriminator base channels.
+  c.z_dim = 128  # Noise size.
+  c.attention_gamma = 15.0  # Word-region attention sharpness in G.
+  c.dtype = 'bfloat16'  # Compute dtype; params stay float32.
+
+  # Optimisation.
+  c.batch_size = 256  # Global batch per sub-step (real images per D update).
+  c.d_steps_per_g_step = 2  # D updates per G update (sub-batches per step).
+  c.g_lr = 1e-4  # Generator Adam learning rate.
+  c.d_lr = 4e-4  # Discriminator Adam learning rate.
+  c.adam_b1 = 0.5  # Adam beta1 of both optimizers.
+  c.adam_b2 = 0.999  # Adam beta2 of both optimizers.
+  c.ema_decay = 0.999  # EMA of generator params.
+  c.contrastive_negatives = 'global'  # 'global' batch or 'local' (2021 code).
+  c.bn_group = 'device'  # G BatchNorm stats: 'device', 'global' or int examples.
+  c.temperature = 0.1  # NCE temperature of sentence/image losses.
+  c.word_gammas = (5.0, 5.0, 50.0)  # DAMSM gamma1..3 of the word loss.
+  c.num_train_steps = 500_000  # G updates.
+
+  # Loss term weights; 0 switches a term off.
+  c.loss_weights = ml_collections.ConfigDict()
+  c.loss_weights.adversarial = 1.0  # Hinge, D and G.
+  c.loss_weights.sentence = 1.0  # Sentence-image NCE.
+  c.loss_weights.word = 1.0  # Word-region NCE.
+  c.loss_weights.image_d = 1.0  # Real-fake NCE on D features (G).
+  c.loss_weights.image_pretrained = 1.0  # Real-fake NCE on a frozen encoder.
+
+  # Frozen pretrained image encoder for loss_weights.image_pretrained.
+  c.image_encoder = ml_collections.ConfigDict()
+  c.image_encoder.name = 'none'  # One of IMAGE_ENCODERS.
+  c.image_encoder.weights = ''  # .h5 / .npz / .npy weight file.
+  c.image_encoder.feature = ''  # '' = default (vgg19: fc7, resnet50: logits).
+
+  # Logging and checkpoints.
+  c.log_every_steps = 100  # Scalars to TensorBoard and console.
+  c.checkpoint_every_steps = 5_000  # Also saved at the end and on SIGTERM.
+  c.keep_checkpoints = 3  # Most recent checkpoints kept.
+  c.sample_every_steps = 5_000  # Sample grids of fixed eval captions.
+  c.num_sample_captions = 16  # Captions in the sample grid.
+
+  # Evaluation.
+  c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
+  c.eval_batch_size = 256  # Global batch of evaluation sampling.
+  c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
+  return c
+
+
+def validate(config: ml_collections.ConfigDict,
+             num_devices: Optional[int] = None) -> None:
+  """Raises ValueError naming the first bad field of `config`.
+
+  Args:
+    config: an experiment config.
+    num_devices: global device count, to check batch divisibility.
+  """
+  def bad(field, value, message):
+    raise ValueError(f'config.{field}={value!r}: {message}')
+
+  if config.dataset not in DATASETS:
+    bad('dataset', config.dataset, f'unknown dataset; choose from {DATASETS}.')
+  if config.image_size not in IMAGE_SIZES:
+    bad('image_size', config.image_size,
+        f'no channel schedule for this size; choose from {IMAGE_SIZES}.')
+  if config.max_tokens < 3:
+    bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
+  if config.dtype not in ('float32', 'bfloat16'):
+    bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
+  if config.contrastive_negatives not in ('global', 'local'):
+    bad('contrastive_negatives', config.contrastive_negatives,
+        "use 'global' or 'local'.")
+  if config.text_pooling not in ('mean', 'pooler'):
+    bad('text_pooling', config.text_pooling, "use 'mean' or 'pooler'.")
+  for field in ('batch_size', 'd_steps_per_g_step', 'num_train_steps',
+                'log_every_steps', 'checkpoint_every_steps',
+                'keep_checkpoints', 'sample_every_steps', 'g_width',
+                'd_width', 'z_dim'):
+    if int(config[field]) < 1:
+      bad(field, config[field], 'must be a positive integer.')
+  if num_devices and config.batch_size % num_devices:
+    bad('batch_size', config.batch_size,
+        f'not divisible by the {num_devices} devices (each sub-step batch '
+        'splits evenly over devices; the step takes d_steps_per_g_step='
+        f'{config.d_steps_per_g_step} of them, '
+        f'{config.batch_size * config.d_steps_per_g_step} images).')
+  bn = config.bn_group
+  if not (bn in ('device', 'global') or (isinstance(bn, int) and bn > 0)):
+    bad('bn_group', bn, "use 'device', 'global' or a positive int.")
+  if config.image_encoder.name not in IMAGE_ENCODERS:
+    bad('image_encoder.name', config.image_encoder.name,
+        f'choose from {IMAGE_ENCODERS}.')
+  if config.image_encoder.name != 'none' and not config.image_encoder.weights:
+    bad('image_encoder.weights', config.image_encoder.weights,
+        f'image_encoder.name={config.image_encoder.name!r} needs a weight '
+        'file path.')
+  if config.dataset.startswith('ln_') and not config.manual_dir:
+    bad('manual_dir', config.manual_dir,
+        f'dataset {config.dataset!r} needs the Localized Narratives JSONL and '
+        'images in a manual directory (see README, Data).')

@@ -1,0 +1,163 @@
+"""Adversarial and contrastive losses of XMC-GAN, float32 whatever the inputs.
+
+Cross-device negatives. With `axis_name` (inside `jax.shard_map`), each device
+holds b rows of a global batch of B = n_devices * b; the contrastive losses then
+use all B rows as negatives. Each device computes its (b x B) block of the score
+matrix against the all-gathered other side, then all-gathers those small blocks
+to score the other direction. Gradients flow through both gathers.
+
+Value and gradient convention. The value returned on every device is the
+global-batch loss. Its gradient is that of this device's rows' mean (with global
+negatives), so `pmean` of the per-device parameter gradients, as the train step
+does, equals the gradient of the global-batch loss: the same convention as a
+per-device mean loss such as `hinge_d`.
+"""
+
+from typing import Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from xmcgan_jax.models.layers import l2_normalize
+
+_f32 = lambda x: jnp.asarray(x, jnp.float32)
+
+
+def hinge_d(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """Discriminator hinge loss: mean relu(1 - real) + mean relu(1 + fake)."""
+  return (jnp.mean(jax.nn.relu(1.0 - _f32(real_logits)))
+          + jnp.mean(jax.nn.relu(1.0 + _f32(fake_logits))))
+
+
+def hinge_g(fake_logits: jax.Array) -> jax.Array:
+  """Generator hinge loss: -mean fake."""
+  return -jnp.mean(_f32(fake_logits))
+
+
+def _gather_rows(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  if axis_name is None:
+    return x
+  return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
+def _row_offset(local_rows: int, axis_name: Optional[str]) -> jax.Array:
+  if axis_name is None:
+    return jnp.int32(0)
+  return jax.lax.axis_index(axis_name) * local_rows
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-row softmax cross-entropy with integer labels."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def _symmetric_ce(scores: jax.Array, axis_name: Optional[str]
+                  ) -> Tuple[jax.Array, jax.Array]:
+  """Two-way cross-entropy on the diagonal of a (possibly sharded) score matrix.
+
+  Args:
+    scores: (b, B) scores of this device's rows of side A (e.g. images) against
+      all B items of side B (e.g. captions); row i's positive is global item
+      axis_index * b + i.
+    axis_name: mesh axis the batch is sharded over, or None.
+
+  Returns:
+    (loss, accuracy): the summed A->B and B->A mean cross-entropies (global
+    value, local-mean gradient; see the module docstring) and the top-1
+    accuracy of both directions together.
+  """
+  b = scores.shape[0]
+  offset = _row_offset(b, axis_name)
+  labels = offset + jnp.arange(b)
+  full = _gather_rows(scores, axis_name)  # (B, B): rows A, columns B.
+  # Rows of this device's B items against every A item.
+  transposed = jax.lax.dynamic_slice_in_dim(full, offset, b, axis=1).T
+  local = (jnp.mean(_cross_entropy(scores, labels))
+           + jnp.mean(_cross_entropy(transposed, labels)))
+  correct = ((jnp.argmax(scores, -1) == labels).mean()
+             + (jnp.argmax(transposed, -1) == labels).mean()) / 2
+  if axis_name is None:
+    return local, correct
+  global_loss = jax.lax.pmean(local, axis_name)
+  loss = local + jax.lax.stop_gradient(global_loss - local)
+  return loss, jax.lax.pmean(correct, axis_name)
+
+
+def contrastive_loss(a: jax.Array, b: jax.Array, *, temperature: float = 0.1,
+                     axis_name: Optional[str] = None,
+                     with_accuracy: bool = False
+                     ) -> Union[jax.Array, Tuple[jax.Array, jax.Array]]:
+  """NCE between paired rows of `a` and `b`, both directions summed.
+
+  Args:
+    a: (b, D) features; row i is paired with row i of `b`.
+    b: (b, D') with D' == D.
+    temperature: softmax temperature of the cosine similarities.
+    axis_name: mesh axis for global negatives (inside shard_map), or None for
+      the rows of this call only.
+    with_accuracy: also return the top-1 retrieval accuracy.
+
+  Returns:
+    The loss (float32 scalar), and the accuracy if `with_accuracy`.
+  """
+  a_hat = l2_normalize(_f32(a))
+  b_hat = l2_normalize(_f32(b))
+  scores = a_hat @ _gather_rows(b_hat, axis_name).T / temperature
+  loss, accuracy = _symmetric_ce(scores, axis_name)
+  return (loss, accuracy) if with_accuracy else loss
+
+
+def word_region_scores(regions: jax.Array, words: jax.Array,
+                       word_mask: jax.Array, *, gamma1: float = 5.0,
+                       gamma2: float = 5.0) -> jax.Array:
+  """DAMSM matching scores S[i, j] of image i's regions and caption j's words.
+
+  Each real word of caption j attends over image i's l2-normalised regions
+  (softmax over regions of gamma1 * cosine); S[i, j] =
+  log(sum over real words t of exp(gamma2 * cos(w_t, c_t))) / gamma2.
+
+  Args:
+    regions: (n_img, R, E).
+    words: (n_cap, T, E).
+    word_mask: (n_cap, T) bool, True on real tokens.
+    gamma1, gamma2: attention and aggregation sharpness.
+
+  Returns:
+    (n_img, n_cap) float32 scores.
+  """
+  r_hat = l2_normalize(_f32(regions))
+  w_hat = l2_normalize(_f32(words))
+  cos_rw = jnp.einsum('ire,jte->ijtr', r_hat, w_hat)
+  attn = jax.nn.softmax(gamma1 * cos_rw, axis=-1)  # Over regions.
+  context = jnp.einsum('ijtr,ire->ijte', attn, r_hat)
+  cos_wc = jnp.sum(l2_normalize(context) * w_hat[None], axis=-1)  # (i, j, t)
+  logits = jnp.where(word_mask[None], gamma2 * cos_wc, -jnp.inf)
+  return jax.nn.logsumexp(logits, axis=-1) / gamma2
+
+
+def word_region_loss(regions: jax.Array, words: jax.Array,
+                     word_mask: jax.Array, *, gamma1: float = 5.0,
+                     gamma2: float = 5.0, gamma3: float = 50.0,
+                     axis_name: Optional[str] = None,
+                     with_accuracy: bool = False
+                     ) -> Union[jax.Array, Tuple[jax.Array, jax.Array]]:
+  """Word-region contrastive loss (AttnGAN DAMSM form), both directions summed.
+
+  Args:
+    regions: (b, R, E) image region features; image i matches caption i.
+    words: (b, T, E) word features.
+    word_mask: (b, T) bool, True on real tokens (padding is excluded).
+    gamma1, gamma2: see `word_region_scores`; gamma3 scales the logits.
+    axis_name: mesh axis for global negatives, or None.
+    with_accuracy: also return the top-1 retrieval accuracy.
+
+  Returns:
+    The loss (float32 scalar), and the accuracy if `with_accuracy`.
+  """
+  all_words = _gather_rows(words, axis_name)
+  all_mask = _gather_rows(word_mask, axis_name)
+  scores = gamma3 * word_region_scores(regions, all_words, all_mask,
+                                       gamma1=gamma1, gamma2=gamma2)
+  loss, accuracy = _symmetric_ce(scores, axis_name)
+  return (loss, accuracy) if with_accuracy else loss

@@ -1,0 +1,170 @@
+"""XMC-GAN generator: BigGAN-style up-blocks, word-region attention at 16x16.
+
+Images come out in [0, 1] (float32). See DESIGN.md section 2.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xmcgan_jax.models import layers
+
+Dtype = Any
+
+# Channel multipliers (of the base width gf) of the spatially conditioned blocks
+# after 16x16, one block per doubling up to the image size.
+_SPATIAL_CHANNELS = {64: (2, 1), 128: (4, 2, 1), 256: (8, 4, 2, 1)}
+# The stem (4x4) and the two self-modulated blocks (to 8x8 and 16x16).
+_STEM_CHANNELS = 16
+_GLOBAL_BLOCK_CHANNELS = (16, 8)
+
+
+def generator_channels(image_size: int) -> Sequence[int]:
+  """Channel multipliers after 16x16 for `image_size`; raises if unsupported."""
+  if image_size not in _SPATIAL_CHANNELS:
+    raise ValueError(f'image_size={image_size} has no generator channel schedule; '
+                     f'supported: {sorted(_SPATIAL_CHANNELS)}.')
+  return _SPATIAL_CHANNELS[image_size]
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str,
+          use_bias: bool = False) -> nn.Conv:
+  # Every conv of G but the output conv feeds a BatchNorm, which removes any
+  # bias: such a bias has an exactly-zero gradient, and Adam would only turn
+  # its rounding noise into lr-sized random steps. So only out_conv has one.
+  return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype,
+                 use_bias=use_bias, kernel_init=layers.kernel_init, name=name)
+
+
+class GenBlock(nn.Module):
+  """Up-sampling residual block with (local) conditional BatchNorm.
+
+  main: CBN -> ReLU -> up x2 -> conv3x3 -> CBN -> ReLU -> conv3x3;
+  shortcut: conv1x1 -> up x2 (a 1x1 conv commutes with nearest upsampling, so
+  it runs at the input resolution: 4x fewer FLOPs, same result).
+  `cond` is a vector (B, D) for CBN or a 16x16 map (B, 16, 16, D) for local CBN.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
+    cbn = lambda c, name: layers.ConditionalBatchNorm(
+        c, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        bn_group_size=self.bn_group_size, name=name)
+    h = nn.relu(cbn(x.shape[-1], 'cbn1')(x, cond, train))
+    h = layers.upsample_nearest(h, 2)
+    h = _conv(self.features, 3, self.dtype, 'conv1')(h)
+    h = nn.relu(cbn(self.features, 'cbn2')(h, cond, train))
+    h = _conv(self.features, 3, self.dtype, 'conv2')(h)
+    shortcut = _conv(self.features, 1, self.dtype, 'shortcut')(x)
+    return h + layers.upsample_nearest(shortcut, 2)
+
+
+class WordRegionAttention(nn.Module):
+  """Each 16x16 position attends over the caption's words (cosine, softmax).
+
+  Returns the context map (B, h, w, E): convex mixes of unit word vectors.
+  """
+  text_dim: int
+  gamma: float = 15.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, word_emb: jax.Array,
+               word_mask: jax.Array) -> jax.Array:
+    b, height, width, _ = h.shape
+    q = nn.Dense(self.text_dim, kernel_init=layers.kernel_init, dtype=self.dtype,
+                 name='query')(h)
+    q = layers.l2_normalize(q.reshape(b, height * width, -1).astype(jnp.float32))
+    w = layers.l2_normalize(word_emb.astype(jnp.float32))
+    scores = self.gamma * jnp.einsum('bre,bte->brt', q, w)
+    scores = jnp.where(word_mask[:, None, :], scores, -1e9)
+    attn = jax.nn.softmax(scores, axis=-1)
+    context = jnp.einsum('brt,bte->bre', attn, w)
+    return context.reshape(b, height, width, -1).astype(self.dtype)
+
+
+class Generator(nn.Module):
+  """Text-conditioned generator for 64, 128 or 256 px images.
+
+  Attributes:
+    image_size: output size (64, 128 or 256).
+    base_width: gf; channel counts are multiples of it.
+    z_dim: noise size; the projected sentence has the same size.
+    text_dim: E, the text encoder width.
+    max_tokens: T, the padded caption length.
+    attention_gamma: inverse temperature of the word-region attention.
+    dtype: compute dtype (parameters stay float32).
+    bn_axis_name, bn_group_size: cross-device BatchNorm (see layers.BatchNorm).
+  """
+  image_size: int = 128
+  base_width: int = 96
+  z_dim: int = 128
+  text_dim: int = 768
+  max_tokens: int = 17
+  attention_gamma: float = 15.0
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, z: jax.Array, sentence_emb: jax.Array, word_emb: jax.Array,
+               word_mask: jax.Array, train: bool = True) -> jax.Array:
+    """Generates images.
+
+    Args:
+      z: (B, z_dim) noise.
+      sentence_emb: (B, E) sentence features.
+      word_emb: (B, T, E) word features.
+      word_mask: (B, T) bool, True on real tokens.
+      train: batch statistics (and their running averages updated) if True.
+
+    Returns:
+      (B, image_size, image_size, 3) float32 images in [0, 1].
+    """
+    spatial_channels = generator_channels(self.image_size)
+    b = z.shape[0]
+    expected = {'z': (b, self.z_dim), 'sentence_emb': (b, self.text_dim),
+                'word_emb': (b, self.max_tokens, self.text_dim),
+                'word_mask': (b, self.max_tokens)}
+    for name, arr in zip(expected, (z, sentence_emb, word_emb, word_mask)):
+      if arr.shape != expected[name]:
+        raise ValueError(f'Generator input {name} has shape {arr.shape}, '
+                         f'expected {expected[name]}.')
+    gf = self.base_width
+    block = lambda c, name: GenBlock(c * gf, dtype=self.dtype,
+                                     bn_axis_name=self.bn_axis_name,
+                                     bn_group_size=self.bn_group_size, name=name)
+    z = z.astype(self.dtype)
+    sentence = nn.Dense(self.z_dim, kernel_init=layers.kernel_init,
+                        dtype=self.dtype, name='sentence_proj')(
+                            sentence_emb.astype(self.dtype))
+    g = jnp.concatenate([sentence, z], axis=-1)  # (B, 2 z_dim)
+
+    # Only z feeds the stem; the text enters through the modulated norms.
+    h = nn.Dense(4 * 4 * _STEM_CHANNELS * gf, use_bias=False,  # BN follows.
+                 kernel_init=layers.kernel_init, dtype=self.dtype,
+                 name='stem')(z)
+    h = h.reshape(b, 4, 4, _STEM_CHANNELS * gf)
+    for i, c in enumerate(_GLOBAL_BLOCK_CHANNELS):
+      h = block(c, f'block{i}')(h, g, train)
+
+    context = WordRegionAttention(self.text_dim, self.attention_gamma,
+                                  dtype=self.dtype, name='attention')(
+                                      h, word_emb, word_mask)
+    g_map = jnp.broadcast_to(g[:, None, None, :], (b, 16, 16, g.shape[-1]))
+    cond_map = jnp.concatenate([context, g_map.astype(self.dtype)], axis=-1)
+
+    for i, c in enumerate(spatial_channels):
+      h = block(c, f'block{i + len(_GLOBAL_BLOCK_CHANNELS)}')(h, cond_map, train)
+
+    h = layers.ConditionalBatchNorm(
+        h.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        bn_group_size=self.bn_group_size, name='out_cbn')(h, cond_map, train)
+    h = _conv(3, 3, self.dtype, 'out_conv', use_bias=True)(nn.relu(h))
+    return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0

@@ -1,0 +1,206 @@
+"""Building blocks shared by the generator and discriminator.
+
+Everything here computes in `dtype` (bf16 for training on accelerators) and keeps
+parameters and normalisation statistics in float32.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# The 2021 release initialises every conv and dense kernel glorot-normal, biases zero.
+kernel_init = nn.initializers.glorot_normal()
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """Scales `x` to unit l2 norm along `axis` (x * rsqrt(max(|x|^2, eps)))."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  """Nearest-neighbour upsampling of an NHWC tensor by an integer factor."""
+  if factor == 1:
+    return x
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+  return x.reshape(b, h * factor, w * factor, c)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling with stride 2 (even sizes, so 'SAME' == 'VALID')."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _sync_moments(moments: jax.Array, axis_name: Optional[str],
+                  group_size: Optional[int]) -> jax.Array:
+  """Averages per-device BatchNorm moments over a device group.
+
+  Args:
+    moments: (2, C) float32 [mean, mean of squares] of this device's batch.
+    axis_name: mesh axis to synchronise over, or None for per-device stats.
+    group_size: devices per statistics group; None means the whole axis.
+
+  Returns:
+    The group-averaged moments (equal per-device batches are assumed).
+  """
+  if axis_name is None:
+    return moments
+  if group_size is None:
+    return jax.lax.pmean(moments, axis_name)
+  # shard_map collectives take no axis_index_groups: gather the (tiny) moments of
+  # every device and average this device's group.
+  every = jax.lax.all_gather(moments, axis_name)  # (n_devices, 2, C)
+  n = every.shape[0]
+  groups = every.reshape(n // group_size, group_size, *moments.shape).mean(1)
+  return groups[jax.lax.axis_index(axis_name) // group_size]
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm without own scale/offset, with optional cross-device groups.
+
+  Attributes:
+    momentum: running-average decay (0.9, as the 2021 release).
+    epsilon: added to the variance.
+    axis_name: mesh axis for synchronised statistics; None = per-device.
+    group_size: devices per statistics group (None = all devices on the axis).
+    dtype: output dtype.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  group_size: Optional[int] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      moments = jnp.stack([x32.mean(axes), jnp.square(x32).mean(axes)])
+      moments = _sync_moments(moments, self.axis_name, self.group_size)
+      mean = moments[0]
+      var = jnp.maximum(moments[1] - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return y.astype(self.dtype)
+
+
+class ConditionalBatchNorm(nn.Module):
+  """BatchNorm modulated by a condition: x_hat * (1 + gamma(c)) + beta(c).
+
+  With a condition vector (B, D) this is the self-modulation CBN of the
+  generator's first blocks. With a condition map (B, h, w, D) it is the local
+  CBN: gamma/beta are 1x1 convs of the map, computed at the map's resolution
+  and nearest-upsampled to x's. Because a 1x1 conv commutes with nearest
+  upsampling, this equals running the 1x1 convs over the upsampled map at
+  x's resolution (the 2021 formulation) at a fraction of the FLOPs.
+
+  Attributes:
+    features: channels of x.
+    dtype: compute dtype.
+    bn_axis_name, bn_group_size: see `BatchNorm`.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  bn_axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
+    x_hat = BatchNorm(axis_name=self.bn_axis_name, group_size=self.bn_group_size,
+                      dtype=self.dtype, name='bn')(x, use_running_average=not train)
+    dense = lambda name: nn.Dense(self.features, kernel_init=kernel_init,
+                                  dtype=self.dtype, name=name)
+    gamma = dense('gamma')(cond)
+    beta = dense('beta')(cond)
+    b, h, w, c = x_hat.shape
+    if cond.ndim == 2:
+      return x_hat * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
+    ch, cw = cond.shape[1:3]
+    if h % ch or w % cw:
+      raise ValueError(f'Condition map {cond.shape[1:3]} does not divide the '
+                       f'activation size {(h, w)}.')
+    fh, fw = h // ch, w // cw
+    # Broadcast instead of materialising the upsampled gamma/beta.
+    x6 = x_hat.reshape(b, ch, fh, cw, fw, c)
+    out = (x6 * (1 + gamma[:, :, None, :, None, :])
+           + beta[:, :, None, :, None, :])
+    return out.reshape(b, h, w, c)
+
+
+def _spectral_normalize(module: nn.Module, kernel: jax.Array,
+                        update_stats: bool) -> jax.Array:
+  """Divides `kernel` by its largest singular value (one power iteration).
+
+  The kernel is viewed as a (fan_in, out) matrix. The persistent vector `u`
+  (1, out) lives in the 'spectral_norm_stats' collection; it is refined and
+  written back on every training forward and frozen otherwise.
+  """
+  w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+  u_var = module.variable(
+      'spectral_norm_stats', 'u',
+      lambda: jax.random.normal(module.make_rng('params'), (1, w.shape[-1]),
+                                jnp.float32))
+  u = u_var.value
+  v = l2_normalize(u @ w.T, eps=1e-10)
+  if update_stats:
+    u = l2_normalize(v @ w, eps=1e-10)
+    if not module.is_initializing():
+      u_var.value = u
+  u = jax.lax.stop_gradient(u)
+  v = jax.lax.stop_gradient(v)
+  sigma = (v @ w @ u.T)[0, 0]
+  return kernel / (sigma + 1e-10)
+
+
+class SpectralDense(nn.Module):
+  """Dense layer whose kernel is spectrally normalised."""
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+    kernel = self.param('kernel', kernel_init, (x.shape[-1], self.features),
+                        jnp.float32)
+    kernel = _spectral_normalize(self, kernel, update_stats)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.features,),
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class SpectralConv(nn.Module):
+  """'SAME' stride-1 NHWC convolution with a spectrally normalised kernel."""
+  features: int
+  kernel_size: int = 3
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    kernel = _spectral_normalize(self, kernel, update_stats)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    return y + bias.astype(self.dtype)

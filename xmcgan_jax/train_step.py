@@ -1,0 +1,396 @@
+"""The train state and the one compiled XMC-GAN train step.
+
+One call of the step is one generator update. The batch carries
+`d_steps_per_g_step` sub-batches on a leading axis: the first ones give D-only
+updates; the last gives a joint sub-step in which one G and D forward pass is
+pulled back twice, once for dL_D/dD and once for dL_G/dG, and both networks
+are updated (as the 2021 release; the G gradient sees D after all but the last
+of its updates in this step). EMA of the G parameters follows each G update.
+
+The step is `jax.jit` over `jax.shard_map` on the 1-D 'data' mesh: state
+replicated and donated, batch sharded over its batch axis, gradients pmean'd.
+The noise z is drawn for the global batch from (state.rng, state.step) outside
+the shard_map and sharded with the batch, so the result does not depend on the
+number of devices.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from xmcgan_jax import losses
+from xmcgan_jax import parallel
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+# (frozen encoder params, images in [0, 1]) -> (N, F) features.
+ImageEncoderFn = Callable[[Any, jax.Array], jax.Array]
+
+BATCH_KEYS = ('image', 'sentence_emb', 'word_emb', 'word_mask')
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  """Weight of each loss term; 0 switches the term off (it is not computed).
+
+  adversarial: hinge loss of D and of G.
+  sentence: sentence-image NCE, on real images for D and fake images for G.
+  word: word-region NCE, on real images for D and fake images for G.
+  image_d: NCE(v_fake, v_real) of D's pooled features, for G.
+  image_pretrained: NCE of a frozen pretrained encoder's features of real and
+    fake images, for G; needs an image encoder.
+  """
+  adversarial: float = 1.0
+  sentence: float = 1.0
+  word: float = 1.0
+  image_d: float = 1.0
+  image_pretrained: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Hyperparameters of the train step.
+
+  d_steps_per_g_step: sub-batches per step (D updates per G update).
+  contrastive_negatives: 'global' (the whole global batch) or 'local' (this
+    device's rows only, as the 2021 release).
+  bn_group: generator BatchNorm statistics over 'device', 'global', or an int
+    number of examples per group (a multiple of the per-device batch).
+  ema_decay: decay of the EMA generator parameters.
+  temperature: of the sentence and image NCE losses.
+  word_gammas: (gamma1, gamma2, gamma3) of the word-region loss.
+  weights: loss term weights and switches.
+  """
+  d_steps_per_g_step: int = 2
+  contrastive_negatives: str = 'global'
+  bn_group: Union[str, int] = 'device'
+  ema_decay: float = 0.999
+  temperature: float = 0.1
+  word_gammas: Tuple[float, float, float] = (5.0, 5.0, 50.0)
+  weights: LossWeights = LossWeights()
+
+  def __post_init__(self):
+    if self.d_steps_per_g_step < 1:
+      raise ValueError('d_steps_per_g_step must be >= 1, got '
+                       f'{self.d_steps_per_g_step}.')
+    if self.contrastive_negatives not in ('global', 'local'):
+      raise ValueError("contrastive_negatives must be 'global' or 'local', got "
+                       f'{self.contrastive_negatives!r}.')
+    if not (self.bn_group in ('device', 'global') or
+            (isinstance(self.bn_group, int) and self.bn_group > 0)):
+      raise ValueError("bn_group must be 'device', 'global' or a positive int, "
+                       f'got {self.bn_group!r}.')
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that training updates; replicated over the mesh."""
+  step: jax.Array
+  rng: jax.Array  # Raw uint32 key; z of step s comes from fold_in(rng, s).
+  g_params: Params
+  g_state: Params  # Generator BatchNorm running statistics.
+  ema_g_params: Params
+  d_params: Params
+  d_state: Params  # Discriminator spectral-norm u vectors.
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+
+
+def make_optimizers(g_lr: float = 1e-4, d_lr: float = 4e-4, b1: float = 0.5,
+                    b2: float = 0.999
+                    ) -> Tuple[optax.GradientTransformation,
+                               optax.GradientTransformation]:
+  """The two Adam optimizers (TTUR learning rates) for G and D."""
+  return optax.adam(g_lr, b1=b1, b2=b2), optax.adam(d_lr, b1=b1, b2=b2)
+
+
+def _dummy_inputs(generator: nn.Module, batch: int = 2):
+  g = generator
+  return (jnp.zeros((batch, g.z_dim), jnp.float32),
+          jnp.zeros((batch, g.text_dim), jnp.float32),
+          jnp.zeros((batch, g.max_tokens, g.text_dim), jnp.float32),
+          jnp.ones((batch, g.max_tokens), bool))
+
+
+def create_train_state(rng: jax.Array, generator: nn.Module,
+                       discriminator: nn.Module,
+                       g_tx: optax.GradientTransformation,
+                       d_tx: optax.GradientTransformation,
+                       mesh: Optional[Mesh] = None) -> TrainState:
+  """Initialises G, D, both optimizers and the EMA copy.
+
+  Args:
+    rng: a raw uint32 PRNG key (jax.random.PRNGKey).
+    generator, discriminator: the (unbound) modules.
+    g_tx, d_tx: their optimizers.
+    mesh: if given, the state is created replicated on it.
+
+  Returns:
+    The initial TrainState.
+  """
+
+  def init(rng):
+    g_rng, d_rng, step_rng = jax.random.split(rng, 3)
+    z, sentence, words, mask = _dummy_inputs(generator)
+    g_vars = generator.init(g_rng, z, sentence, words, mask, train=False)
+    size = discriminator.image_size
+    images = jnp.zeros((z.shape[0], size, size, 3), jnp.float32)
+    d_vars = discriminator.init(d_rng, images, sentence, train=False)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), rng=step_rng,
+        g_params=g_vars['params'], g_state=g_vars['batch_stats'],
+        ema_g_params=g_vars['params'], d_params=d_vars['params'],
+        d_state=d_vars['spectral_norm_stats'],
+        g_opt_state=g_tx.init(g_vars['params']),
+        d_opt_state=d_tx.init(d_vars['params']))
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  return jax.jit(init, out_shardings=NamedSharding(mesh, parallel.REPLICATED))(
+      rng)
+
+
+def _bn_axis(bn_group: Union[str, int], local_batch: int, n_devices: int
+             ) -> Tuple[Optional[str], Optional[int]]:
+  """(axis_name, devices per group) of the generator BatchNorm."""
+  if bn_group == 'device':
+    return None, None
+  if bn_group == 'global':
+    return parallel.DATA_AXIS, None
+  if bn_group % local_batch or n_devices % (bn_group // local_batch):
+    raise ValueError(
+        f'bn_group={bn_group} examples must be a multiple of the per-device '
+        f'batch {local_batch} and split the {n_devices} devices into groups.')
+  return parallel.DATA_AXIS, bn_group // local_batch
+
+
+def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
+                 mesh: Mesh) -> None:
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f'Batch lacks {missing}; it has {sorted(batch)}.')
+  lead = batch['image'].shape[:2]
+  if batch['image'].ndim != 5 or lead[0] != d_steps:
+    raise ValueError(
+        f'batch["image"] has shape {batch["image"].shape}; expected '
+        f'(d_steps_per_g_step={d_steps}, batch, H, W, 3).')
+  size = generator.image_size
+  want = {'image': lead + (size, size, 3),
+          'sentence_emb': lead + (generator.text_dim,),
+          'word_emb': lead + (generator.max_tokens, generator.text_dim),
+          'word_mask': lead + (generator.max_tokens,)}
+  for key, shape in want.items():
+    if tuple(batch[key].shape) != shape:
+      raise ValueError(f'batch[{key!r}] has shape {tuple(batch[key].shape)}, '
+                       f'expected {shape}.')
+  parallel.check_batch_divisible(lead[1], mesh)
+
+
+def make_train_step(generator: nn.Module, discriminator: nn.Module,
+                    g_tx: optax.GradientTransformation,
+                    d_tx: optax.GradientTransformation, mesh: Mesh,
+                    config: StepConfig = StepConfig(),
+                    image_encoder: Optional[ImageEncoderFn] = None
+                    ) -> Callable[..., Tuple[TrainState, Metrics]]:
+  """Builds the compiled train step.
+
+  Args:
+    generator, discriminator: the modules (G's BatchNorm axis is set here).
+    g_tx, d_tx: optimizers matching the state's optimizer states.
+    mesh: the 1-D data mesh.
+    config: step hyperparameters.
+    image_encoder: frozen pretrained image feature function for the
+      `image_pretrained` term, called with `frozen['image_encoder']`.
+
+  Returns:
+    step(state, batch, frozen=None) -> (new_state, metrics). `batch` maps
+    BATCH_KEYS to arrays shaped (d_steps_per_g_step, global_batch, ...);
+    `frozen` holds the parameters of frozen encoders. The state is donated.
+    Metrics are float32 scalars of the global batch.
+  """
+  w = config.weights
+  d_steps = config.d_steps_per_g_step
+  neg_axis = (parallel.DATA_AXIS if config.contrastive_negatives == 'global'
+              else None)
+  gamma1, gamma2, gamma3 = config.word_gammas
+  use_pretrained = bool(w.image_pretrained) and image_encoder is not None
+  n_devices = mesh.shape[parallel.DATA_AXIS]
+  pmean = lambda x: jax.lax.pmean(x, parallel.DATA_AXIS)
+
+  def nce(a, b):
+    return losses.contrastive_loss(a, b, temperature=config.temperature,
+                                   axis_name=neg_axis, with_accuracy=True)
+
+  def word_nce(regions, words, mask):
+    return losses.word_region_loss(regions, words, mask, gamma1=gamma1,
+                                   gamma2=gamma2, gamma3=gamma3,
+                                   axis_name=neg_axis, with_accuracy=True)
+
+  def d_objective(out, sub):
+    """L_D of D's output on [real; fake] and its metrics."""
+    b = sub['image'].shape[0]
+    real, fake = _split_real_fake(out, b)
+    terms = {'d_adv': (losses.hinge_d(real.logits, fake.logits), None)}
+    if w.sentence:
+      terms['d_sentence'] = nce(real.pooled, real.projection)
+    if w.word:
+      terms['d_word'] = word_nce(real.regions, sub['word_emb'], sub['word_mask'])
+    scale = {'d_adv': w.adversarial, 'd_sentence': w.sentence,
+             'd_word': w.word}
+    total = sum(scale[k] * v[0] for k, v in terms.items())
+    metrics = {'real_logits': pmean(jnp.mean(real.logits)),
+               'fake_logits': pmean(jnp.mean(fake.logits))}
+    return total, _flatten(terms, metrics)
+
+  def g_objective(out, sub, real_images, fake_images, frozen):
+    b = sub['image'].shape[0]
+    real, fake = _split_real_fake(out, b)
+    terms = {'g_adv': (losses.hinge_g(fake.logits), None)}
+    if w.sentence:
+      terms['g_sentence'] = nce(fake.pooled, fake.projection)
+    if w.word:
+      terms['g_word'] = word_nce(fake.regions, sub['word_emb'], sub['word_mask'])
+    if w.image_d:
+      terms['g_image_d'] = nce(fake.pooled, real.pooled)
+    if use_pretrained:
+      both = image_encoder(frozen['image_encoder'],
+                           jnp.concatenate([real_images, fake_images]))
+      terms['g_image_pretrained'] = nce(both[:b], both[b:])
+    scale = {'g_adv': w.adversarial, 'g_sentence': w.sentence,
+             'g_word': w.word, 'g_image_d': w.image_d,
+             'g_image_pretrained': w.image_pretrained}
+    total = sum(scale[k] * v[0] for k, v in terms.items())
+    return total, _flatten(terms, {})
+
+  def per_device(state: TrainState, batch: Batch, z: jax.Array, frozen):
+    local_batch = batch['image'].shape[1]
+    bn_axis, bn_size = _bn_axis(config.bn_group, local_batch, n_devices)
+    gen = generator.clone(bn_axis_name=bn_axis, bn_group_size=bn_size)
+
+    def run_g(g_params, k):
+      sub = jax.tree.map(lambda x: x[k], batch)
+      images, new_vars = gen.apply(
+          {'params': g_params, 'batch_stats': state.g_state}, z[k],
+          sub['sentence_emb'], sub['word_emb'], sub['word_mask'], train=True,
+          mutable=['batch_stats'])
+      return images, new_vars['batch_stats']
+
+    def run_d(d_params, d_state, real, fake, sentence):
+      out, new_vars = discriminator.apply(
+          {'params': d_params, 'spectral_norm_stats': d_state},
+          jnp.concatenate([real, fake]), jnp.concatenate([sentence, sentence]),
+          train=True, mutable=['spectral_norm_stats'])
+      return out, new_vars['spectral_norm_stats']
+
+    d_params, d_state, d_opt_state = (state.d_params, state.d_state,
+                                      state.d_opt_state)
+    d_metrics = []
+    # D-only sub-steps; G's BatchNorm statistics from them are discarded.
+    for k in range(d_steps - 1):
+      sub = jax.tree.map(lambda x: x[k], batch)
+      fake = jax.lax.stop_gradient(run_g(state.g_params, k)[0])
+
+      def d_loss_fn(d_params):
+        out, new_d_state = run_d(d_params, d_state, sub['image'], fake,
+                                 sub['sentence_emb'])
+        loss, metrics = d_objective(out, sub)
+        return loss, (metrics, new_d_state)
+
+      (d_loss, (metrics, d_state)), d_grads = jax.value_and_grad(
+          d_loss_fn, has_aux=True)(d_params)
+      d_grads = pmean(d_grads)
+      updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+      d_metrics.append(dict(metrics, d_loss=pmean(d_loss),
+                            d_grad_norm=optax.tree.norm(d_grads)))
+
+    # Joint sub-step: one forward, two pullbacks.
+    k = d_steps - 1
+    sub = jax.tree.map(lambda x: x[k], batch)
+
+    def joint(g_params, d_params):
+      fake, new_g_state = run_g(g_params, k)
+      out, new_d_state = run_d(d_params, d_state, sub['image'], fake,
+                               sub['sentence_emb'])
+      d_loss, d_m = d_objective(out, sub)
+      g_loss, g_m = g_objective(out, sub, sub['image'], fake, frozen)
+      return (d_loss, g_loss), (d_m, g_m, new_g_state, new_d_state)
+
+    (d_loss, g_loss), pullback, aux = jax.vjp(joint, state.g_params, d_params,
+                                               has_aux=True)
+    metrics, g_metrics, g_state, d_state = aux
+    one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
+    d_grads = pmean(pullback((one, zero))[1])
+    g_grads = pmean(pullback((zero, one))[0])
+    updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
+                                       state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    decay = config.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                       state.ema_g_params, g_params)
+    d_metrics.append(dict(metrics, d_loss=pmean(d_loss),
+                          d_grad_norm=optax.tree.norm(d_grads)))
+
+    out_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
+    out_metrics.update(g_metrics, g_loss=pmean(g_loss),
+                       g_grad_norm=optax.tree.norm(g_grads))
+    new_state = state.replace(
+        step=state.step + 1, g_params=g_params,
+        # Per-device (or per-group) running statistics differ; average them
+        # so the replicated state is one well-defined value.
+        g_state=pmean(g_state), ema_g_params=ema, d_params=d_params,
+        d_state=d_state, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
+    out_metrics = {k: v.astype(jnp.float32) for k, v in out_metrics.items()}
+    return new_state, out_metrics
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(parallel.REPLICATED, parallel.BATCH_SPEC, parallel.BATCH_SPEC,
+                parallel.REPLICATED),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED),
+      # Per-device semantics as documented in losses.py: replicated inputs are
+      # plain per-device values and we pmean gradients ourselves.
+      check_vma=False)
+
+  def step(state: TrainState, batch: Batch, frozen):
+    _check_batch(batch, generator, d_steps, mesh)
+    batch = {k: batch[k] for k in BATCH_KEYS}
+    global_batch = batch['image'].shape[1]
+    key = jax.random.fold_in(state.rng, state.step)
+    z = jax.random.normal(key, (d_steps, global_batch, generator.z_dim),
+                          jnp.float32)
+    z = jax.lax.with_sharding_constraint(
+        z, NamedSharding(mesh, parallel.BATCH_SPEC))
+    return sharded(state, batch, z, frozen)
+
+  jitted = jax.jit(step, donate_argnums=0)
+
+  def train_step(state: TrainState, batch: Batch, frozen=None):
+    return jitted(state, batch, {} if frozen is None else frozen)
+
+  train_step.jitted = jitted  # For cache inspection and lowering.
+  return train_step
+
+
+def _split_real_fake(out, b: int):
+  """Splits D's output on [real; fake] into its two halves."""
+  return (type(out)(*(x[:b] for x in out)), type(out)(*(x[b:] for x in out)))
+
+
+def _flatten(terms: Mapping[str, Tuple[jax.Array, Optional[jax.Array]]],
+             metrics: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+  """{name: (loss, accuracy)} -> {name: loss, name_acc: accuracy} + metrics."""
+  out = dict(metrics)
+  for name, (loss, accuracy) in terms.items():
+    out[name] = jax.lax.pmean(loss, parallel.DATA_AXIS)
+    if accuracy is not None:
+      out[name + '_acc'] = jax.lax.pmean(accuracy, parallel.DATA_AXIS)
+  return out
