@@ -55,9 +55,10 @@ def _leaves(state):
 
 
 def _assert_close(got, want, rtol):
+  """Every leaf within rtol in relative L2 norm: ||a - b|| / ||b||."""
   for a, b in zip(got, want):
-    scale = np.maximum(np.abs(b), np.abs(b).mean() + 1e-12)
-    assert np.max(np.abs(a - b) / scale) < rtol, np.max(np.abs(a - b) / scale)
+    error = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+    assert error < rtol, error
 
 
 @pytest.fixture(scope='module')

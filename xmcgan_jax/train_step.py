@@ -33,7 +33,13 @@ Metrics = Dict[str, jax.Array]
 # (frozen encoder params, images in [0, 1]) -> (N, F) features.
 ImageEncoderFn = Callable[[Any, jax.Array], jax.Array]
 
+# (frozen text encoder params, token ids, token mask) -> (words, sentence).
+TextEncoderFn = Callable[[Any, jax.Array, jax.Array],
+                         Tuple[jax.Array, jax.Array]]
+
+# Batch keys with precomputed text features, and with token ids.
 BATCH_KEYS = ('image', 'sentence_emb', 'word_emb', 'word_mask')
+TOKEN_BATCH_KEYS = ('image', 'token_ids', 'token_mask')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +177,8 @@ def _bn_axis(bn_group: Union[str, int], local_batch: int, n_devices: int
 
 
 def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
-                 mesh: Mesh) -> None:
-  missing = [k for k in BATCH_KEYS if k not in batch]
+                 mesh: Mesh, keys: Tuple[str, ...]) -> None:
+  missing = [k for k in keys if k not in batch]
   if missing:
     raise ValueError(f'Batch lacks {missing}; it has {sorted(batch)}.')
   lead = batch['image'].shape[:2]
@@ -184,8 +190,11 @@ def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
   want = {'image': lead + (size, size, 3),
           'sentence_emb': lead + (generator.text_dim,),
           'word_emb': lead + (generator.max_tokens, generator.text_dim),
-          'word_mask': lead + (generator.max_tokens,)}
-  for key, shape in want.items():
+          'word_mask': lead + (generator.max_tokens,),
+          'token_ids': lead + (generator.max_tokens,),
+          'token_mask': lead + (generator.max_tokens,)}
+  for key in keys:
+    shape = want[key]
     if tuple(batch[key].shape) != shape:
       raise ValueError(f'batch[{key!r}] has shape {tuple(batch[key].shape)}, '
                        f'expected {shape}.')
@@ -196,7 +205,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     g_tx: optax.GradientTransformation,
                     d_tx: optax.GradientTransformation, mesh: Mesh,
                     config: StepConfig = StepConfig(),
-                    image_encoder: Optional[ImageEncoderFn] = None
+                    image_encoder: Optional[ImageEncoderFn] = None,
+                    text_encoder: Optional[TextEncoderFn] = None
                     ) -> Callable[..., Tuple[TrainState, Metrics]]:
   """Builds the compiled train step.
 
@@ -207,10 +217,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     config: step hyperparameters.
     image_encoder: frozen pretrained image feature function for the
       `image_pretrained` term, called with `frozen['image_encoder']`.
+    text_encoder: frozen text encoder run inside the step on the batch's
+      token ids, called with `frozen['text_encoder']`. Without it the batch
+      carries precomputed text features.
 
   Returns:
     step(state, batch, frozen=None) -> (new_state, metrics). `batch` maps
-    BATCH_KEYS to arrays shaped (d_steps_per_g_step, global_batch, ...);
+    TOKEN_BATCH_KEYS (with a text encoder) or BATCH_KEYS (without) to arrays
+    shaped (d_steps_per_g_step, global_batch, ...);
     `frozen` holds the parameters of frozen encoders. The state is donated.
     Metrics are float32 scalars of the global batch.
   """
@@ -269,6 +283,10 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     return total, _flatten(terms, {})
 
   def per_device(state: TrainState, batch: Batch, z: jax.Array, frozen):
+    if text_encoder is not None:
+      batch = dict(batch, **_encode_text(text_encoder, frozen['text_encoder'],
+                                         batch['token_ids'],
+                                         batch['token_mask']))
     local_batch = batch['image'].shape[1]
     bn_axis, bn_size = _bn_axis(config.bn_group, local_batch, n_devices)
     gen = generator.clone(bn_axis_name=bn_axis, bn_group_size=bn_size)
@@ -360,9 +378,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       # plain per-device values and we pmean gradients ourselves.
       check_vma=False)
 
+  keys = BATCH_KEYS if text_encoder is None else TOKEN_BATCH_KEYS
+
   def step(state: TrainState, batch: Batch, frozen):
-    _check_batch(batch, generator, d_steps, mesh)
-    batch = {k: batch[k] for k in BATCH_KEYS}
+    _check_batch(batch, generator, d_steps, mesh, keys)
+    if text_encoder is not None and 'text_encoder' not in frozen:
+      raise ValueError("A step with a text encoder needs its params in "
+                       "frozen['text_encoder'].")
+    batch = {k: batch[k] for k in keys}
     global_batch = batch['image'].shape[1]
     key = jax.random.fold_in(state.rng, state.step)
     z = jax.random.normal(key, (d_steps, global_batch, generator.z_dim),
@@ -378,6 +401,18 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
 
   train_step.jitted = jitted  # For cache inspection and lowering.
   return train_step
+
+
+def _encode_text(encoder: TextEncoderFn, params, token_ids: jax.Array,
+                 token_mask: jax.Array) -> Dict[str, jax.Array]:
+  """Text features of (d_steps, b, T) tokens, all sub-batches in one pass."""
+  lead = token_ids.shape[:2]
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  words, sentence = encoder(params, flat(token_ids), flat(token_mask))
+  mask = token_mask.astype(bool)
+  return {'word_emb': words.reshape(lead + words.shape[1:]),
+          'sentence_emb': sentence.reshape(lead + sentence.shape[1:]),
+          'word_mask': mask}
 
 
 def _split_real_fake(out, b: int):

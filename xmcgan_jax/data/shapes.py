@@ -1,0 +1,198 @@
+"""Shapes: the embedded default dataset, generated locally by a TFDS builder.
+
+Each image holds 1-3 flat-coloured shapes (circle, square, triangle; six
+colours; two sizes) in distinct cells of a 3x3 grid on a grey background, with
+5 template captions that name every object's size, colour, shape and cell in
+varied wording and order. The ground-truth objects are stored as features, so
+generated images can be checked against their captions (eval/shapes_oracle).
+Everything is a deterministic function of (seed, split, index).
+"""
+
+import dataclasses
+import re
+from typing import Dict, List, Sequence, Set, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+SHAPES = ('circle', 'square', 'triangle')
+COLOURS = {
+    'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 220),
+    'yellow': (235, 205, 30), 'purple': (145, 60, 185),
+    'orange': (245, 135, 25),
+}
+COLOUR_NAMES = tuple(COLOURS)
+SIZES = ('small', 'large')
+CELLS = ('top left', 'top middle', 'top right', 'middle left', 'center',
+         'middle right', 'bottom left', 'bottom middle', 'bottom right')
+BACKGROUND = (200, 200, 200)
+# Radius of the shape as a fraction of the cell side, per size.
+_RADIUS = {'small': 0.22, 'large': 0.42}
+_JITTER = 0.06  # Max offset of a shape's centre, fraction of the cell side.
+_SPLIT_IDS = {'train': 0, 'validation': 1}
+
+Object = Dict[str, str]  # {'shape', 'colour', 'size', 'cell'}
+
+
+def sample_objects(rng: np.random.Generator) -> List[Object]:
+  """1-3 objects in distinct cells."""
+  n = int(rng.integers(1, 4))
+  cells = rng.choice(len(CELLS), size=n, replace=False)
+  return [{'shape': SHAPES[rng.integers(len(SHAPES))],
+           'colour': COLOUR_NAMES[rng.integers(len(COLOURS))],
+           'size': SIZES[rng.integers(len(SIZES))],
+           'cell': CELLS[c]} for c in cells]
+
+
+def cell_centre(cell: str, image_size: int) -> Tuple[float, float]:
+  """(y, x) pixel centre of a grid cell."""
+  index = CELLS.index(cell)
+  side = image_size / 3
+  return (index // 3 + 0.5) * side, (index % 3 + 0.5) * side
+
+
+def render(objects: Sequence[Object], image_size: int,
+           rng: np.random.Generator) -> np.ndarray:
+  """Draws the objects; returns (S, S, 3) uint8."""
+  image = np.empty((image_size, image_size, 3), np.uint8)
+  image[...] = BACKGROUND
+  yy, xx = np.mgrid[0:image_size, 0:image_size] + 0.5
+  side = image_size / 3
+  for obj in objects:
+    cy, cx = cell_centre(obj['cell'], image_size)
+    cy += rng.uniform(-_JITTER, _JITTER) * side
+    cx += rng.uniform(-_JITTER, _JITTER) * side
+    r = _RADIUS[obj['size']] * side
+    dy, dx = yy - cy, xx - cx
+    if obj['shape'] == 'circle':
+      inside = dy**2 + dx**2 <= r**2
+    elif obj['shape'] == 'square':
+      half = r * 0.85
+      inside = (np.abs(dy) <= half) & (np.abs(dx) <= half)
+    else:  # Upward triangle: apex at top, base at the bottom.
+      top, bottom = -r, r * 0.8
+      t = (dy - top) / (bottom - top)  # 0 at apex, 1 at the base.
+      inside = (t >= 0) & (t <= 1) & (np.abs(dx) <= t * r)
+    image[inside] = COLOURS[obj['colour']]
+  return image
+
+
+_OBJECT_TEMPLATES = (
+    'a {size} {colour} {shape} {prep} the {cell}',
+    'a {size} {shape} in {colour} {prep} the {cell}',
+    'the {cell} has a {size} {colour} {shape}',
+)
+_FRAMES = ('{}', 'there is {}', 'an image of {}', 'a picture with {}',
+           '{} on a grey background')
+
+
+def make_captions(objects: Sequence[Object], rng: np.random.Generator,
+                  count: int = 5) -> List[str]:
+  """`count` captions, each naming every object (random order and wording)."""
+  captions = []
+  for _ in range(count):
+    phrases = []
+    for i in rng.permutation(len(objects)):
+      template = _OBJECT_TEMPLATES[rng.integers(len(_OBJECT_TEMPLATES))]
+      prep = ('at', 'in')[rng.integers(2)]
+      phrases.append(template.format(prep=prep, **objects[i]))
+    if len(phrases) == 1:
+      body = phrases[0]
+    else:
+      body = ', '.join(phrases[:-1]) + ' and ' + phrases[-1]
+    captions.append(_FRAMES[rng.integers(len(_FRAMES))].format(body))
+  return captions
+
+
+_ALT = lambda names: '(' + '|'.join(sorted(names, key=len, reverse=True)) + ')'
+_PARSERS = (
+    (re.compile(rf'{_ALT(SIZES)} {_ALT(COLOUR_NAMES)} {_ALT(SHAPES)} '
+                rf'(?:at|in) the {_ALT(CELLS)}'),
+     ('size', 'colour', 'shape', 'cell')),
+    (re.compile(rf'{_ALT(SIZES)} {_ALT(SHAPES)} in {_ALT(COLOUR_NAMES)} '
+                rf'(?:at|in) the {_ALT(CELLS)}'),
+     ('size', 'shape', 'colour', 'cell')),
+    (re.compile(rf'the {_ALT(CELLS)} has a {_ALT(SIZES)} {_ALT(COLOUR_NAMES)} '
+                rf'{_ALT(SHAPES)}'),
+     ('cell', 'size', 'colour', 'shape')),
+)
+
+
+def parse_caption(caption: str) -> Set[Tuple[str, str, str, str]]:
+  """The (size, colour, shape, cell) tuples a Shapes caption mentions."""
+  found = set()
+  for pattern, fields in _PARSERS:
+    for match in pattern.finditer(caption.lower()):
+      obj = dict(zip(fields, match.groups()))
+      found.add((obj['size'], obj['colour'], obj['shape'], obj['cell']))
+  return found
+
+
+def make_example(seed: int, split: str, index: int, image_size: int
+                 ) -> Dict[str, object]:
+  """The example `index` of `split`: image, captions and objects."""
+  rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+  objects = sample_objects(rng)
+  return {
+      'image': render(objects, image_size, rng),
+      'captions': make_captions(objects, rng),
+      'objects': {k: [o[k] for o in objects]
+                  for k in ('shape', 'colour', 'size', 'cell')},
+      'image/id': index,
+  }
+
+
+@dataclasses.dataclass
+class ShapesConfig(tfds.core.BuilderConfig):
+  """Image size, split sizes and seed of a generated Shapes dataset."""
+  image_size: int = 64
+  train_size: int = 20_000
+  eval_size: int = 2_000
+  seed: int = 0
+
+
+def shapes_config(image_size: int = 64, train_size: int = 20_000,
+                  eval_size: int = 2_000, seed: int = 0) -> ShapesConfig:
+  """A ShapesConfig whose name encodes its parameters (one cache each)."""
+  return ShapesConfig(
+      name=f'{image_size}px_{train_size}_{eval_size}_seed{seed}',
+      image_size=image_size, train_size=train_size, eval_size=eval_size,
+      seed=seed)
+
+
+class Shapes(tfds.core.GeneratorBasedBuilder):
+  """Captioned coloured shapes on a 3x3 grid (see module docstring)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [shapes_config()]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(size, size, 3),
+                                         encoding_format='png'),
+            'image/id': np.int64,
+            'captions': tfds.features.Sequence(tfds.features.Text()),
+            'objects': tfds.features.Sequence({
+                'shape': tfds.features.ClassLabel(names=SHAPES),
+                'colour': tfds.features.ClassLabel(names=COLOUR_NAMES),
+                'size': tfds.features.ClassLabel(names=SIZES),
+                'cell': tfds.features.ClassLabel(names=CELLS),
+            }),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    c = self.builder_config
+    return {'train': self._generate_examples('train', c.train_size),
+            'validation': self._generate_examples('validation', c.eval_size)}
+
+  def _generate_examples(self, split: str, count: int):
+    c = self.builder_config
+    for index in range(count):
+      yield index, make_example(c.seed, split, index, c.image_size)
