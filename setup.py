@@ -21,9 +21,11 @@ setuptools.setup(
         'clu>=0.0.10',
         'ml-collections>=0.1.1',
         'orbax-checkpoint>=0.6',
+        # TFDS needs it (via etils) to prepare builders defined outside TFDS.
+        'importlib_resources',
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'pillow'],
     },
     license='Apache 2.0',
 )

@@ -1,0 +1,202 @@
+"""Datasets and the tf.data pipeline on small data in the real formats."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests import fake_data
+from xmcgan_jax.data import localized_narratives
+from xmcgan_jax.data import pipeline
+from xmcgan_jax.data import shapes
+from xmcgan_jax.data import tokenizer as tokenizer_lib
+
+WORDS = ('[PAD] [UNK] [CLS] [SEP] [MASK] . , ! a the an image of with and at '
+         'in on there is has picture grey background caption').split()
+VOCAB_WORDS = (WORDS + list(shapes.SHAPES) + list(shapes.COLOUR_NAMES) +
+               list(shapes.SIZES) + 'top middle bottom left right center'
+               .split() + [str(i) for i in range(20)] + ['##s'])
+
+
+@pytest.fixture(scope='module')
+def tokenizer(tmp_path_factory):
+  path = tmp_path_factory.mktemp('vocab') / 'vocab.txt'
+  path.write_text('\n'.join(VOCAB_WORDS) + '\n')
+  return tokenizer_lib.Tokenizer(str(path))
+
+
+def _config(**kw):
+  c = ml_collections.ConfigDict(dict(
+      dataset='shapes', data_dir='', manual_dir='', image_size=64,
+      shapes_train_size=24, shapes_eval_size=10, max_tokens=40, seed=0,
+      shuffle_buffer=32))
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope='module')
+def shapes_pipeline(tmp_path_factory, tokenizer):
+  config = _config(data_dir=str(tmp_path_factory.mktemp('tfds')))
+  return pipeline.create_input_pipeline(config, tokenizer)
+
+
+def test_shapes_examples_are_deterministic_and_captions_match_truth():
+  for index in range(40):
+    a = shapes.make_example(0, 'train', index, 64)
+    b = shapes.make_example(0, 'train', index, 64)
+    np.testing.assert_array_equal(a['image'], b['image'])
+    assert a['captions'] == b['captions']
+    truth = set(zip(a['objects']['size'], a['objects']['colour'],
+                    a['objects']['shape'], a['objects']['cell']))
+    assert 1 <= len(truth) <= 3
+    assert len(a['captions']) == 5
+    for caption in a['captions']:
+      assert shapes.parse_caption(caption) == truth, caption
+    # The pixel at each object's cell centre has the object's colour.
+    for colour, cell in zip(a['objects']['colour'], a['objects']['cell']):
+      y, x = shapes.cell_centre(cell, 64)
+      np.testing.assert_array_equal(a['image'][int(y), int(x)],
+                                    shapes.COLOURS[colour])
+    empty = set(shapes.CELLS) - set(a['objects']['cell'])
+    for cell in empty:
+      y, x = shapes.cell_centre(cell, 64)
+      np.testing.assert_array_equal(a['image'][int(y), int(x)],
+                                    shapes.BACKGROUND)
+  other = shapes.make_example(1, 'train', 0, 64)
+  assert other['captions'] != shapes.make_example(0, 'train', 0, 64)['captions']
+
+
+def test_shapes_builder_and_training_batches(shapes_pipeline):
+  builder = shapes_pipeline.builder
+  assert builder.info.splits['train'].num_examples == 24
+  ex = next(iter(tfds.as_numpy(builder.as_dataset(split='validation'))))
+  want = shapes.make_example(0, 'validation', int(ex['image/id']), 64)
+  np.testing.assert_array_equal(ex['image'], want['image'])
+  batch = next(pipeline.as_numpy(shapes_pipeline.train_dataset(4, 2)))
+  assert batch['image'].shape == (2, 4, 64, 64, 3)
+  assert batch['image'].dtype == np.float32
+  assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  assert batch['token_ids'].shape == (2, 4, 40)
+  assert batch['token_mask'].dtype == bool
+  assert (batch['token_ids'][..., 0] == 2).all()  # [CLS]
+  assert int(batch['next_position']) == 8
+
+
+def test_resumed_pipeline_sees_the_same_data(shapes_pipeline):
+  """Batches from position p equal the tail of a run from 0, across epochs."""
+  run = pipeline.as_numpy(shapes_pipeline.train_dataset(4, 1))
+  straight = [next(run) for _ in range(9)]  # 36 records: epoch 2 begins.
+  resume_at = int(straight[4]['next_position'])
+  resumed = pipeline.as_numpy(shapes_pipeline.train_dataset(4, 1, resume_at))
+  for want in straight[5:]:
+    got = next(resumed)
+    for key in ('image', 'token_ids', 'token_mask', 'next_position'):
+      np.testing.assert_array_equal(got[key], want[key])
+  # A new epoch is a new order.
+  first = np.concatenate([b['token_ids'][0] for b in straight[:6]])[:24]
+  second = np.concatenate([b['token_ids'][0] for b in straight[6:]])
+  assert not np.array_equal(first[:12], second[:12])
+
+
+def test_two_processes_get_disjoint_shards_covering_the_split(
+    shapes_pipeline, tokenizer):
+  captions = []
+  for index in range(2):
+    p = pipeline.InputPipeline(
+        shapes_pipeline.builder, pipeline.DATASETS['shapes'], tokenizer,
+        image_size=64, max_tokens=40, process_index=index, process_count=2)
+    eval_batches = list(pipeline.as_numpy(p.eval_dataset(3)))
+    got = [c for b in eval_batches for c, v in zip(b['caption'], b['valid'])
+           if v]
+    assert len(eval_batches) == 2  # ceil(ceil(10 / 2) / 3) on both.
+    captions.append(set(got))
+    train = pipeline.as_numpy(p.train_dataset(12, 1))
+    assert p.num_examples('train') == 12
+    next(train)
+  assert not captions[0] & captions[1]
+  every = {ex['captions'][0] for ex in tfds.as_numpy(
+      shapes_pipeline.builder.as_dataset(split='validation'))}
+  assert captions[0] | captions[1] == every
+
+
+def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
+  root = str(tmp_path / 'coco')
+  captions = fake_data.write_coco2014(root)
+  fake_data.redirect_coco_downloads(monkeypatch, root)
+  config = _config(dataset='coco', data_dir=str(tmp_path / 'tfds'),
+                   max_tokens=17)
+  p = pipeline.create_input_pipeline(config, tokenizer)
+  splits = p.builder.info.splits
+  assert splits['train'].num_examples == 6
+  assert (splits['val'].num_examples, splits['test'].num_examples,
+          splits['restval'].num_examples) == (1, 1, 2)
+  batch = next(pipeline.as_numpy(p.train_dataset(3, 2)))
+  assert batch['image'].shape == (2, 3, 64, 64, 3)
+  # Images are solid colours: the resized image keeps the colour.
+  assert np.ptp(batch['image'][0, 0], axis=(0, 1)).max() < 0.05
+  evaluated = list(pipeline.as_numpy(p.eval_dataset(8)))
+  assert len(evaluated) == 1 and evaluated[0]['valid'].sum() == 4
+  want = {c.encode() for s in ('val', 'test', 'restval') for c in captions[s]}
+  assert set(evaluated[0]['caption'][:4]) == want
+
+
+def test_localized_narratives_builders_skip_missing_images(tmp_path, caplog):
+  for coco, cls in ((True, localized_narratives.LnCoco),
+                    (False, localized_narratives.LnOpenImages)):
+    manual = str(tmp_path / f'manual_{coco}')
+    ids = ['139', '285', '632'] if coco else ['0a1b', '0c2d', 'ff00']
+    fake_data.write_ln(manual, {
+        'train': [{'image_id': i, 'caption': f'In this image a thing {i}.'}
+                  for i in ids],
+        'validation': [{'image_id': ids[0], 'caption': 'A view.'}]},
+        coco=coco, images={ids[1]: None})  # ids[1] is missing.
+    builder = cls(data_dir=str(tmp_path / 'tfds'))
+    with caplog.at_level('WARNING'):
+      pipeline.prepare(builder, manual)
+    assert builder.info.splits['train'].num_examples == 2
+    assert builder.info.splits['validation'].num_examples == 1
+    assert builder.missing_images['train'] == 1
+    assert '1 of 3 narratives skipped' in caplog.text
+    got = {ex['image/id'].decode() for ex in
+           tfds.as_numpy(builder.as_dataset(split='train'))}
+    assert got == {ids[0], ids[2]}
+
+
+def test_missing_manual_files_are_named(tmp_path):
+  builder = localized_narratives.LnCoco(data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(Exception, match='coco_train_localized_narratives.jsonl'):
+    pipeline.prepare(builder, str(tmp_path / 'empty'))
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, tokenizer):
+  """Truncated, grayscale, CMYK, 1x1 images; empty and huge captions."""
+  good = fake_data.jpeg_bytes()
+  rows = [
+      ('1', 'a red circle', good),
+      ('2', 'truncated image', good[:len(good) // 3]),
+      ('3', 'grayscale image', fake_data.jpeg_bytes(mode='L')),
+      ('4', 'cmyk image', fake_data.jpeg_bytes(mode='CMYK')),
+      ('5', 'one pixel', fake_data.jpeg_bytes(size=(1, 1))),
+      ('6', '   ', good),
+      ('7', 'red ' * 500, good),
+      ('8', 'a blue square', good),
+  ]
+  manual = str(tmp_path / 'manual')
+  fake_data.write_ln(manual, {
+      'train': [{'image_id': i, 'caption': c} for i, c, _ in rows],
+      'validation': [{'image_id': '1', 'caption': 'x'}]},
+      images={i: data for i, _, data in rows})
+  config = _config(dataset='ln_coco', data_dir=str(tmp_path / 'tfds'),
+                   manual_dir=manual, max_tokens=12, shuffle_buffer=1)
+  p = pipeline.create_input_pipeline(config, tokenizer)
+  batch = next(pipeline.as_numpy(p.train_dataset(6, 1)))
+  assert batch['image'].shape == (1, 6, 64, 64, 3)
+  assert np.isfinite(batch['image']).all()
+  assert batch['token_mask'].sum(-1).max() == 12  # Long caption truncated.
+  assert p.skipped.counts() == {'undecodable_image': 1, 'empty_caption': 1}
+  centres = batch['image'][0, :, 32, 32]
+  # The CMYK image (pure red) decodes to red, the grayscale one to grey.
+  assert (np.abs(centres - [1.0, 0.0, 0.0]).max(axis=-1) < 0.1).sum() == 1
+  assert (np.ptp(centres, axis=-1) < 0.02).sum() == 1

@@ -1,0 +1,323 @@
+"""The tf.data input pipeline shared by every dataset.
+
+Train: this process's share of the split (tfds.split_for_jax_process), one
+seeded shuffle per epoch over the still-encoded records, then per example:
+decode, one random caption, skip-and-count of undecodable images and empty
+captions, bilinear antialiased resize, random horizontal flip, tokenization.
+Batches are (d_steps, per_process_batch, ...) numpy arrays ready for
+parallel.shard_batch. Every random choice is a stateless function of (seed,
+record position), and the record position is carried in each batch, so a run
+resumed from `position` sees exactly the data of an uninterrupted one.
+
+Eval: no flip, caption 0, and padding (with `valid` False) so that every
+process runs the same number of batches.
+"""
+
+import dataclasses
+import threading
+from typing import Callable, Dict, Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from xmcgan_jax.data import localized_narratives
+from xmcgan_jax.data import shapes
+from xmcgan_jax.data import tokenizer as tokenizer_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+Batch = Dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Where a dataset's splits and captions are."""
+  train_split: str
+  eval_split: str
+  # Raw TFDS example -> tf.string vector of its captions.
+  captions: Callable[[Dict[str, tf.Tensor]], tf.Tensor]
+
+
+DATASETS = {
+    'shapes': DatasetSpec('train', 'validation', lambda ex: ex['captions']),
+    'coco': DatasetSpec('train', 'val+test+restval',
+                        lambda ex: ex['captions']['text']),
+    'ln_coco': DatasetSpec('train', 'validation',
+                           lambda ex: tf.reshape(ex['caption'], [1])),
+    'ln_openimages': DatasetSpec('train', 'validation',
+                                 lambda ex: tf.reshape(ex['caption'], [1])),
+}
+
+
+def make_builder(config) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `config.dataset` (not yet prepared)."""
+  data_dir = config.data_dir or None
+  if config.dataset == 'shapes':
+    shapes_config = shapes.shapes_config(config.image_size,
+                                         config.shapes_train_size,
+                                         config.shapes_eval_size)
+    # TFDS wants a predefined config by name, a custom one as an object.
+    predefined = [c.name for c in shapes.Shapes.BUILDER_CONFIGS]
+    if shapes_config.name in predefined:
+      shapes_config = shapes_config.name
+    return shapes.Shapes(config=shapes_config, data_dir=data_dir)
+  if config.dataset == 'coco':
+    return tfds.builder('coco_captions/2014', data_dir=data_dir)
+  if config.dataset == 'ln_coco':
+    return localized_narratives.LnCoco(data_dir=data_dir)
+  if config.dataset == 'ln_openimages':
+    return localized_narratives.LnOpenImages(data_dir=data_dir)
+  raise ValueError(f'config.dataset={config.dataset!r}: unknown dataset; '
+                   f'choose from {sorted(DATASETS)}.')
+
+
+def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str = '') -> None:
+  """Builds the dataset files if they are not there yet.
+
+  Shapes is generated here; LN reads its manual directory; COCO must be
+  downloadable or already prepared in data_dir.
+  """
+  if tf.io.gfile.exists(builder.data_dir) and builder.info.splits:
+    return
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None))
+  except Exception as e:  # pylint: disable=broad-except
+    if builder.name == 'coco_captions':
+      raise RuntimeError(
+          f'Could not prepare coco_captions in {builder.data_dir} ({e}). On a '
+          'machine with network run `tfds build coco_captions/2014 '
+          '--data_dir=DIR` and set config.data_dir=DIR.') from e
+    raise
+
+
+class SkipCounter:
+  """Thread-safe counts of skipped records, by reason."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._counts = {'undecodable_image': 0, 'empty_caption': 0}
+
+  def add(self, reason: str) -> None:
+    with self._lock:
+      self._counts[reason] += 1
+
+  def counts(self) -> Dict[str, int]:
+    with self._lock:
+      return dict(self._counts)
+
+
+def _decode(encoded: tf.Tensor, counter: SkipCounter):
+  """Decodes an image to (H, W, 3) uint8; (1, 1, 3) zeros and False if bad."""
+
+  def decode(data):
+    try:
+      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+      if image.shape[0] and image.shape[1]:
+        return image, True
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+      pass
+    counter.add('undecodable_image')
+    return tf.zeros((1, 1, 3), tf.uint8), False
+
+  image, ok = tf.py_function(decode, [encoded], (tf.uint8, tf.bool))
+  image.set_shape([None, None, 3])
+  ok.set_shape([])
+  return image, ok
+
+
+@dataclasses.dataclass
+class InputPipeline:
+  """Builds train and eval iterators of one dataset for this process.
+
+  Attributes:
+    builder: a prepared TFDS builder.
+    spec: its DatasetSpec.
+    tokenizer: the text encoder's tokenizer.
+    image_size: output images are (image_size, image_size, 3) in [0, 1].
+    max_tokens: T.
+    seed: data seed (shuffles, caption choice, flips).
+    process_index, process_count: this process among all.
+    shuffle_buffer: examples in the shuffle buffer.
+  """
+  builder: tfds.core.DatasetBuilder
+  spec: DatasetSpec
+  tokenizer: tokenizer_lib.Tokenizer
+  image_size: int
+  max_tokens: int
+  seed: int = 0
+  process_index: int = 0
+  process_count: int = 1
+  shuffle_buffer: int = 10_000
+
+  def __post_init__(self):
+    self.skipped = SkipCounter()
+
+  def _split(self, split: str):
+    return tfds.split_for_jax_process(split, process_index=self.process_index,
+                                      process_count=self.process_count)
+
+  def _raw(self, split) -> tf.data.Dataset:
+    """Encoded images and caption lists, in file order."""
+    ds = self.builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    captions = self.spec.captions
+    return ds.map(lambda ex: {'image': ex['image'], 'captions': captions(ex)})
+
+  def num_examples(self, split: str) -> int:
+    """Examples of `split` that this process reads."""
+    return self.builder.info.splits[self._split(split)].num_examples
+
+  def _prepare(self, position, example, train: bool):
+    """Decodes, picks a caption, resizes, flips, tokenizes one example."""
+    image, ok_image = _decode(example['image'], self.skipped)
+    captions = example['captions']
+    count = tf.shape(captions)[0]
+    seed = tf.stack([tf.cast(self.seed, tf.int64), position])
+    if train:
+      index = tf.random.stateless_uniform([], seed, 0, tf.maximum(count, 1),
+                                          dtype=tf.int32)
+    else:
+      index = 0
+    caption = tf.cond(count > 0, lambda: captions[tf.minimum(index, count - 1)],
+                      lambda: tf.constant(''))
+    ok_caption = tf.strings.length(tf.strings.strip(caption)) > 0
+    image = tf.image.resize(image, [self.image_size, self.image_size],
+                            method='bilinear', antialias=True) / 255.0
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if train:
+      flip = tf.random.stateless_uniform([], seed + [0, 1 << 40]) < 0.5
+      image = tf.cond(flip, lambda: tf.image.flip_left_right(image),
+                      lambda: image)
+    ids, mask = self.tokenizer.tokenize(caption, self.max_tokens)
+    return {'image': image, 'token_ids': ids, 'token_mask': mask,
+            'caption': caption, 'position': position,
+            'ok_image': ok_image, 'ok_caption': ok_caption}
+
+  def _keep(self, example) -> tf.Tensor:
+    """Filter predicate; counts empty captions (images count at decode)."""
+    def count(ok_image, ok_caption):
+      if ok_image and not ok_caption:
+        self.skipped.add('empty_caption')
+      return bool(ok_image and ok_caption)
+    keep = tf.py_function(count, [example['ok_image'], example['ok_caption']],
+                          tf.bool)
+    keep.set_shape([])
+    return keep
+
+  def train_dataset(self, per_process_batch: int, d_steps: int,
+                    position: int = 0) -> tf.data.Dataset:
+    """Endless training batches from record `position` on.
+
+    Args:
+      per_process_batch: examples per sub-batch on this process.
+      d_steps: sub-batches per batch.
+      position: records already consumed (0, or `next_position` of the last
+        batch a resumed run had used).
+
+    Returns:
+      A dataset of dicts: image (d_steps, b, S, S, 3) float32, token_ids and
+      token_mask (d_steps, b, T), next_position () int64.
+    """
+    split = self._split(self.spec.train_split)
+    raw = self._raw(split)
+    n = self.builder.info.splits[split].num_examples
+    if n == 0:
+      raise ValueError(f'{self.builder.name} {split} is empty for process '
+                       f'{self.process_index}.')
+    seed, process = self.seed, self.process_index
+    buffer = min(self.shuffle_buffer, n)
+
+    def epoch(e):
+      # One fixed order per (seed, process, epoch).
+      epoch_seed = (seed * 1_000_003 + process * 7_919 + e) % (2**31 - 1)
+      shuffled = raw.shuffle(buffer, seed=epoch_seed,
+                             reshuffle_each_iteration=False)
+      return shuffled.enumerate(start=e * n)
+
+    ds = tf.data.Dataset.range(position // n, 2**62).flat_map(epoch)
+    ds = ds.skip(position % n)
+    ds = ds.map(lambda p, ex: self._prepare(p, ex, train=True),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(self._keep)
+    ds = ds.batch(per_process_batch * d_steps, drop_remainder=True)
+
+    def to_steps(batch):
+      shape = lambda x: tf.reshape(
+          x, tf.concat([[d_steps, per_process_batch], tf.shape(x)[1:]], 0))
+      return {'image': shape(batch['image']),
+              'token_ids': shape(batch['token_ids']),
+              'token_mask': shape(batch['token_mask']),
+              'next_position': tf.reduce_max(batch['position']) + 1}
+
+    return ds.map(to_steps, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+  def eval_dataset(self, per_process_batch: int,
+                   num_examples: Optional[int] = None) -> tf.data.Dataset:
+    """The eval split in fixed order, padded to the same batch count everywhere.
+
+    Args:
+      per_process_batch: examples per batch on this process.
+      num_examples: use only the first examples of the (whole) split.
+
+    Returns:
+      A dataset of dicts: image (b, S, S, 3), token_ids, token_mask,
+      caption (b,) strings, valid (b,) bool (False on padding).
+    """
+    split_name = self.spec.eval_split
+    if num_examples is not None:
+      split_name = (f'{split_name}[:{num_examples}]' if '+' not in split_name
+                    else split_name)
+    split = self._split(split_name)
+    total = self.builder.info.splits[split_name].num_examples
+    if num_examples is not None:
+      total = min(total, num_examples)
+    per_process = -(-total // self.process_count)
+    batches = max(1, -(-per_process // per_process_batch))
+    ds = self._raw(split).enumerate()
+    ds = ds.map(lambda p, ex: self._prepare(p, ex, train=False),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(self._keep)
+    if num_examples is not None:
+      ds = ds.take(per_process)
+    keys = ('image', 'token_ids', 'token_mask', 'caption')
+    ds = ds.map(lambda ex: dict({k: ex[k] for k in keys}, valid=True))
+    pad = {'image': tf.zeros([self.image_size, self.image_size, 3]),
+           'token_ids': tf.zeros([self.max_tokens], tf.int32),
+           'token_mask': tf.zeros([self.max_tokens], tf.bool),
+           'caption': tf.constant(''), 'valid': tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+    ds = ds.take(batches * per_process_batch).batch(per_process_batch)
+    return ds.prefetch(AUTOTUNE)
+
+
+def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
+                          process_index: int = 0, process_count: int = 1,
+                          prepare_data: bool = True) -> InputPipeline:
+  """The InputPipeline of an experiment config (prepares the data first).
+
+  Args:
+    config: experiment config (dataset, data_dir, manual_dir, image_size,
+      max_tokens, seed, shuffle_buffer, shapes_*).
+    tokenizer: the text encoder's tokenizer.
+    process_index, process_count: this process among all.
+    prepare_data: build the dataset files if missing.
+
+  Returns:
+    The pipeline.
+  """
+  builder = make_builder(config)
+  if prepare_data:
+    prepare(builder, config.manual_dir)
+  return InputPipeline(
+      builder=builder, spec=DATASETS[config.dataset], tokenizer=tokenizer,
+      image_size=config.image_size, max_tokens=config.max_tokens,
+      seed=config.seed, process_index=process_index,
+      process_count=process_count, shuffle_buffer=config.shuffle_buffer)
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:
+  """Iterates a dataset as numpy dicts."""
+  return iter(tfds.as_numpy(ds))
