@@ -23,9 +23,11 @@ setuptools.setup(
         'orbax-checkpoint>=0.6',
         # TFDS needs it (via etils) to prepare builders defined outside TFDS.
         'importlib_resources',
+        'pillow',  # PNG sample grids with rendered captions.
+        'tensorboard',  # clu's summary writer needs it.
     ],
     extras_require={
-        'test': ['pytest>=7', 'pillow'],
+        'test': ['pytest>=7'],
     },
     license='Apache 2.0',
 )

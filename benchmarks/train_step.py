@@ -12,6 +12,7 @@ peak (989 TFLOP/s bf16 dense on H100/H200).
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -23,29 +24,55 @@ from benchmarks import common
 from xmcgan_jax import builders
 from xmcgan_jax import parallel
 from xmcgan_jax import train_step as train_step_lib
+from xmcgan_jax.models import text_encoder as text_encoder_lib
 
 PEAK_TFLOPS = {'gpu': 989.0}
 
 
-def build(config, text_dim: int, mesh):
-  """The step function, initial state and a synthetic global batch."""
+def _bert(config, text_dim: int):
+  """A random BERT-base-shaped encoder of width text_dim (timing only)."""
+  bert = text_encoder_lib.BertConfig(
+      hidden_size=text_dim, intermediate_size=4 * text_dim,
+      num_attention_heads=max(1, text_dim // 64))
+  module = text_encoder_lib.BertEncoder(bert, dtype=np.dtype(
+      'float32') if config.dtype == 'float32' else jax.numpy.bfloat16)
+  params = module.init(jax.random.PRNGKey(0),
+                       np.zeros((1, config.max_tokens), np.int32),
+                       np.ones((1, config.max_tokens), bool))['params']
+  return text_encoder_lib.TextEncoder(module, params, '', True)
+
+
+def build(config, text_dim: int, mesh, with_bert: bool = False):
+  """The step function, initial state, synthetic global batch, frozen params.
+
+  With `with_bert` the step runs a BERT-base-shaped text encoder on token
+  ids, as training does; otherwise the batch carries text features.
+  """
   generator, discriminator = builders.build_models(config, text_dim)
   g_tx, d_tx = builders.build_optimizers(config)
+  encoder = _bert(config, text_dim) if with_bert else None
   step = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config))
+      builders.build_step_config(config),
+      text_encoder=encoder.features_fn() if encoder else None)
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
   rng = np.random.default_rng(0)
   shape = (config.d_steps_per_g_step, config.batch_size)
   batch = common.synthetic_text_batch(rng, shape, config.max_tokens, text_dim)
+  frozen = {}
+  if encoder:
+    batch = {'token_ids': rng.integers(1000, 20000, size=shape + (
+        config.max_tokens,)).astype(np.int32), 'token_mask': batch['word_mask']}
+    frozen = {'text_encoder': parallel.replicate(encoder.params, mesh)}
   size = config.image_size
   batch['image'] = rng.random(shape + (size, size, 3), dtype=np.float32)
-  return step, state, parallel.shard_batch(batch, mesh)
+  return step, state, parallel.shard_batch(batch, mesh), frozen
 
 
-def model_tflop(config, text_dim: int, n_devices: int) -> float:
+def model_tflop(config, text_dim: int, n_devices: int,
+                with_bert: bool = False) -> float:
   """TFLOP of one step from the CPU backend's cost analysis (all devices)."""
   cpu = jax.devices('cpu')[:1]
   mesh = parallel.make_mesh(cpu)
@@ -54,9 +81,11 @@ def model_tflop(config, text_dim: int, n_devices: int) -> float:
   config.batch_size = per_device
   generator, discriminator = builders.build_models(config, text_dim)
   g_tx, d_tx = builders.build_optimizers(config)
+  encoder = _bert(config, text_dim) if with_bert else None
   step = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config))
+      builders.build_step_config(config),
+      text_encoder=encoder.features_fn() if encoder else None)
   state = jax.eval_shape(lambda: train_step_lib.create_train_state(
       jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx))
   replicated = NamedSharding(mesh, parallel.REPLICATED)
@@ -66,19 +95,26 @@ def model_tflop(config, text_dim: int, n_devices: int) -> float:
   shape = (config.d_steps_per_g_step, per_device)
   batch = common.synthetic_text_batch(np.random.default_rng(0), shape,
                                       config.max_tokens, text_dim)
+  frozen = {}
+  if encoder:
+    batch = {'token_ids': np.zeros(shape + (config.max_tokens,), np.int32),
+             'token_mask': batch['word_mask']}
+    frozen = {'text_encoder': jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        encoder.params)}
   size = config.image_size
   batch['image'] = np.zeros(shape + (size, size, 3), np.float32)
   sharded = NamedSharding(mesh, parallel.BATCH_SPEC)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded)
            for k, v in batch.items()}
-  compiled = step.jitted.lower(state, batch, {}).compile()
+  compiled = step.jitted.lower(state, batch, frozen).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost['flops']) * n_devices / 1e12
 
 
-def run(name: str, args) -> list:
+def _configure(name: str, args):
   config = common.load_config(name)
   n = jax.device_count()
   if args.per_device_batch:
@@ -87,35 +123,61 @@ def run(name: str, args) -> list:
     config.image_size = args.image_size
   if args.dtype:
     config.dtype = args.dtype
+  return config, n
+
+
+def run(name: str, args) -> dict:
+  """Times one config; returns a result record."""
+  config, n = _configure(name, args)
+  record = {'config': name, 'px': config.image_size, 'dtype': config.dtype,
+            'devices': f'{n}x {jax.devices()[0].device_kind}',
+            'batch': f'{config.batch_size // n}x{config.d_steps_per_g_step}',
+            'images_per_step': config.batch_size * config.d_steps_per_g_step,
+            'n_devices': n, 'platform': jax.devices()[0].platform,
+            'text_encoder': 'bert-in-step' if args.bert else 'features'}
+  if args.flops_only:
+    record['tflop'] = model_tflop(config, args.text_dim, n, args.bert)
+    return record
   mesh = parallel.make_mesh()
-  step, state, batch = build(config, args.text_dim, mesh)
+  step, state, batch, frozen = build(config, args.text_dim, mesh, args.bert)
   compile_start = time.perf_counter()
-  state, metrics = step(state, batch)
+  state, metrics = step(state, batch, frozen)
   jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - compile_start
+  record['compile_s'] = time.perf_counter() - compile_start
   for _ in range(args.warmup):
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, frozen)
   jax.block_until_ready(metrics)
   times = []
   for _ in range(args.steps):
     start = time.perf_counter()
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, frozen)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  images = config.batch_size * config.d_steps_per_g_step
-  tflop = model_tflop(config, args.text_dim, n) if args.flops else None
-  platform = jax.devices()[0].platform
-  peak = PEAK_TFLOPS.get(platform)
-  mfu = (f'{100 * tflop / median / n / peak:.1f}%'
-         if tflop is not None and peak else '-')
-  memory = common.peak_memory_gib(jax.devices()[0])
-  return [name, config.image_size, config.dtype,
-          f'{n}x {jax.devices()[0].device_kind}',
-          f'{config.batch_size // n}x{config.d_steps_per_g_step}',
-          f'{1e3 * median:.1f}', f'{images / median:.1f}',
-          f'{tflop:.3g}' if tflop is not None else '-', mfu,
-          f'{memory:.1f}' if memory is not None else '-', f'{compile_s:.0f}']
+  record['step_s'] = statistics.median(times)
+  record['peak_gib'] = common.peak_memory_gib(jax.devices()[0])
+  if args.flops:
+    record['tflop'] = model_tflop(config, args.text_dim, n, args.bert)
+  return record
+
+
+def table_row(record: dict) -> list:
+  """Formats a record (timing and/or FLOPs) as a table row."""
+  step_s, tflop = record.get('step_s'), record.get('tflop')
+  peak = PEAK_TFLOPS.get(record['platform'])
+  mfu = (f'{100 * tflop / step_s / record["n_devices"] / peak:.1f}%'
+         if step_s and tflop and peak else '-')
+  fmt = lambda v, f: f.format(v) if v is not None else '-'
+  return [record['config'], record['px'], record['dtype'], record['devices'],
+          record['batch'], record['text_encoder'],
+          fmt(step_s and 1e3 * step_s, '{:.1f}'),
+          fmt(step_s and record['images_per_step'] / step_s, '{:.0f}'),
+          fmt(tflop, '{:.3g}'), mfu, fmt(record.get('peak_gib'), '{:.1f}'),
+          fmt(record.get('compile_s'), '{:.0f}')]
+
+
+HEADER = ['config', 'px', 'dtype', 'devices', 'batch/dev x sub', 'text',
+          'step ms', 'real img/s', 'TFLOP/step', 'MFU', 'peak GiB',
+          'compile s']
 
 
 def main():
@@ -127,16 +189,38 @@ def main():
   parser.add_argument('--image_size', type=int, default=0)
   parser.add_argument('--dtype', default='')
   parser.add_argument('--text_dim', type=int, default=768,
-                      help='E of the synthetic text features')
+                      help='E of the text features / encoder')
+  parser.add_argument('--bert', action='store_true',
+                      help='run a BERT-base-shaped encoder inside the step')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--no_flops', dest='flops', action='store_false',
                       help='skip the CPU cost analysis (slow at 256px)')
+  parser.add_argument('--flops_only', action='store_true',
+                      help='only the CPU cost analysis (run it beside a GPU '
+                      'timing process)')
+  parser.add_argument('--json_out', default='', help='write records here')
+  parser.add_argument('--combine', nargs='*', default=None,
+                      help='JSON files of timings and FLOPs: print the table')
   args = parser.parse_args()
-  rows = [run(name, args) for name in args.configs.split(',')]
-  common.print_table(
-      ['config', 'px', 'dtype', 'devices', 'batch/dev x sub', 'step ms',
-       'real img/s', 'TFLOP/step', 'MFU', 'peak GiB', 'compile s'], rows)
+  if args.combine is not None:
+    records = {}
+    for path in args.combine:
+      for r in json.load(open(path)):
+        key = (r['config'], r['px'], r['batch'], r['text_encoder'])
+        merged = records.setdefault(key, {})
+        merged.update({k: v for k, v in r.items()
+                       if v is not None and not (k in ('platform', 'devices',
+                                                       'n_devices') and
+                                                 r.get('tflop') and
+                                                 'step_s' not in r)})
+    common.print_table(HEADER, [table_row(r) for r in records.values()])
+    return
+  records = [run(name, args) for name in args.configs.split(',')]
+  if args.json_out:
+    with open(args.json_out, 'w') as f:
+      json.dump(records, f, indent=1)
+  common.print_table(HEADER, [table_row(r) for r in records])
 
 
 if __name__ == '__main__':

@@ -13,8 +13,9 @@ def get_config():
   c.shapes_train_size = 64  # Tiny generated dataset.
   c.shapes_eval_size = 32
   c.image_size = 64  # Smallest channel schedule.
-  c.max_tokens = 17
+  c.max_tokens = 40  # Shapes captions.
   c.shuffle_buffer = 64
+  c.random_flip = False
   c.text_encoder = 'all-MiniLM-L6-v2'  # Offline package, E=384.
   c.g_width = 4  # gf: tiny.
   c.d_width = 4  # df: tiny.

@@ -28,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.image_size = 256  # 64, 128 or 256; sets the G/D channel schedules.
   c.max_tokens = 17  # T: word pieces incl. [CLS]/[SEP] (17 COCO, 64 LN).
   c.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples per host).
+  c.random_flip = True  # Train-time flips; off where captions say left/right.
 
   # Text encoder (frozen BERT family, run inside the train step).
   c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.

@@ -139,6 +139,8 @@ class InputPipeline:
     seed: data seed (shuffles, caption choice, flips).
     process_index, process_count: this process among all.
     shuffle_buffer: examples in the shuffle buffer.
+    random_flip: flip training images horizontally at random (wrong for
+      captions that name left and right, as Shapes').
   """
   builder: tfds.core.DatasetBuilder
   spec: DatasetSpec
@@ -149,6 +151,7 @@ class InputPipeline:
   process_index: int = 0
   process_count: int = 1
   shuffle_buffer: int = 10_000
+  random_flip: bool = True
 
   def __post_init__(self):
     self.skipped = SkipCounter()
@@ -187,7 +190,7 @@ class InputPipeline:
     image = tf.image.resize(image, [self.image_size, self.image_size],
                             method='bilinear', antialias=True) / 255.0
     image = tf.clip_by_value(image, 0.0, 1.0)
-    if train:
+    if train and self.random_flip:
       flip = tf.random.stateless_uniform([], seed + [0, 1 << 40]) < 0.5
       image = tf.cond(flip, lambda: tf.image.flip_left_right(image),
                       lambda: image)
@@ -315,7 +318,8 @@ def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
       builder=builder, spec=DATASETS[config.dataset], tokenizer=tokenizer,
       image_size=config.image_size, max_tokens=config.max_tokens,
       seed=config.seed, process_index=process_index,
-      process_count=process_count, shuffle_buffer=config.shuffle_buffer)
+      process_count=process_count, shuffle_buffer=config.shuffle_buffer,
+      random_flip=config.random_flip)
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:

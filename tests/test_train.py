@@ -1,0 +1,173 @@
+"""Training loop: end to end, exact resume, SIGTERM, corrupt checkpoints, CLI."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import common
+from xmcgan_jax import checkpointing
+from xmcgan_jax import config_base
+from xmcgan_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _tiny(data_dir, **overrides):
+  config = common.load_config(os.path.join(ROOT, 'configs', 'tiny.py'))
+  config.data_dir = data_dir
+  config.update(overrides)
+  return config
+
+
+def _arrays(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+@pytest.fixture(scope='module')
+def straight_and_resumed(tmp_path_factory, data_dir):
+  """4 steps in one go, and 2 + 2 with a restart (fresh train_and_evaluate)."""
+  straight_dir = str(tmp_path_factory.mktemp('straight'))
+  straight = train.train_and_evaluate(_tiny(data_dir), straight_dir)
+  resumed_dir = str(tmp_path_factory.mktemp('resumed'))
+  half = train.train_and_evaluate(_tiny(data_dir, num_train_steps=2),
+                                  resumed_dir)
+  assert int(half.step) == 2
+  resumed = train.train_and_evaluate(_tiny(data_dir), resumed_dir)
+  return straight, resumed, resumed_dir
+
+
+def test_end_to_end_writes_checkpoints_events_and_samples(
+    straight_and_resumed):
+  _, resumed, workdir = straight_and_resumed
+  assert int(resumed.step) == 4
+  steps = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                     keep=2).all_steps()
+  assert steps == [2, 4]
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  for name in ('real', 'generated', 'ema'):
+    pngs = glob.glob(os.path.join(workdir, 'samples', f'{name}_*.png'))
+    assert pngs and os.path.getsize(pngs[0]) > 1000
+
+
+def test_exact_resume(straight_and_resumed):
+  straight, resumed, _ = straight_and_resumed
+  for a, b in zip(_arrays(straight), _arrays(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_latest_checkpoint_falls_back(straight_and_resumed, tmp_path,
+                                              caplog):
+  straight, _, workdir = straight_and_resumed
+  copy = str(tmp_path / 'checkpoints')
+  shutil.copytree(os.path.join(workdir, 'checkpoints'), copy)
+  for path in glob.glob(os.path.join(copy, '4', 'state', '**', '*'),
+                        recursive=True):
+    if os.path.isfile(path) and 'ocdbt' in path:
+      with open(path, 'wb') as f:
+        f.write(b'garbage')
+  checkpointer = checkpointing.Checkpointer(copy, keep=2)
+  with caplog.at_level('WARNING'):
+    step, state, positions = checkpointer.restore_latest(straight)
+  assert step == 2 and int(state.step) == 2
+  assert positions[0] == 2 * 8 * 2  # 2 steps of 2 sub-batches of 8.
+  assert 'step 4' in caplog.text and 'unreadable' in caplog.text
+
+
+def test_every_config_loads_and_validates():
+  names = {os.path.basename(p) for p in CONFIGS}
+  assert {'shapes.py', 'coco.py', 'coco_128.py', 'ln_coco.py',
+          'ln_openimages.py', 'tiny.py'} <= names
+  for path in CONFIGS:
+    config = common.load_config(path)
+    if config.dataset.startswith('ln_'):
+      config.manual_dir = '/data/ln'
+    if config.image_encoder.name != 'none':
+      config.image_encoder.weights = '/weights/x.h5'
+    config_base.validate(config, num_devices=8)
+    source = open(path).read()
+    assert 'python -m xmcgan_jax.main' in source, path
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 12, 'batch_size=12.*not divisible by the 8 devices'),
+    ('dataset', 'imagenet', 'dataset=.imagenet.*unknown dataset'),
+    ('image_size', 96, 'image_size=96.*no channel schedule'),
+    ('bn_group', 'pod', 'bn_group'),
+    ('contrastive_negatives', 'cross', 'contrastive_negatives'),
+])
+def test_bad_config_fields_are_named(data_dir, field, value, message):
+  config = _tiny(data_dir)
+  config[field] = value
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(config, num_devices=8)
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, '/nonexistent/never/written')
+
+
+def test_missing_weights_fail_before_compiling(data_dir, tmp_path):
+  config = _tiny(data_dir, text_encoder=str(tmp_path / 'no_such_bert'))
+  with pytest.raises(FileNotFoundError, match='no_such_bert'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  config = _tiny(data_dir)
+  config.image_encoder.name = 'vgg19'
+  config.image_encoder.weights = str(tmp_path / 'vgg19.h5')
+  with pytest.raises(FileNotFoundError, match='image_encoder.weights'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  config = _tiny(data_dir, image_size=128, max_tokens=600)
+  with pytest.raises(ValueError, match='max_tokens=600'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def _cli(workdir, *args):
+  return [sys.executable, '-m', 'xmcgan_jax.main',
+          '--config=' + os.path.join(ROOT, 'configs', 'tiny.py'),
+          '--workdir=' + workdir] + list(args)
+
+
+def test_cli_rejects_unknown_config_keys(tmp_path):
+  result = subprocess.run(
+      _cli(str(tmp_path), '--config.no_such_field=3'), cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'no_such_field' in result.stderr
+
+
+def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
+    tmp_path, data_dir, straight_and_resumed):
+  """The CLI trains with overrides; SIGTERM saves the step it reached."""
+  straight, _, _ = straight_and_resumed
+  workdir = str(tmp_path / 'cli')
+  log = open(tmp_path / 'log.txt', 'w')
+  process = subprocess.Popen(
+      _cli(workdir, '--config.num_train_steps=100000',
+           '--config.checkpoint_every_steps=100000',
+           '--config.log_every_steps=1', f'--config.data_dir={data_dir}'),
+      cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 400
+  text = ''
+  while time.time() < deadline and 'step 3/100000' not in text:
+    time.sleep(1)
+    text = open(tmp_path / 'log.txt').read()
+    assert process.poll() is None, text[-3000:]
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0, open(tmp_path / 'log.txt').read()[-3000:]
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=2)
+  steps = checkpointer.all_steps()
+  assert len(steps) == 1 and steps[0] >= 3
+  step, state, _ = checkpointer.restore_latest(straight)
+  assert step == steps[0] == int(state.step)

@@ -1,0 +1,64 @@
+"""Command line entry point.
+
+  python -m xmcgan_jax.main --config=configs/shapes.py --workdir=/tmp/shapes
+  python -m xmcgan_jax.main --config=configs/coco.py --workdir=gs://b/coco \
+      --config.batch_size=512
+
+Every host of a TPU pod or GPU cluster runs the same command; with several
+processes jax.distributed is initialised first (TPU pods, SLURM and
+JAX_COORDINATOR_ADDRESS are detected; --multiprocess forces it).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs, samples.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to run.')
+_MULTIPROCESS = flags.DEFINE_enum(
+    'multiprocess', 'auto', ['auto', 'on', 'off'],
+    'Call jax.distributed.initialize(): auto = when the environment shows '
+    'several processes.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (configs/*.py).',
+    lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _several_processes() -> bool:
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  if int(env.get('SLURM_NTASKS', '1')) > 1:
+    return True
+  hosts = env.get('TPU_WORKER_HOSTNAMES', '')
+  return ',' in hosts
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
+                                     _several_processes()):
+    jax.distributed.initialize()
+  # TensorFlow only feeds data here: keep it off the accelerators.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)
+  logging.info('JAX %s: process %d of %d, %d local / %d global devices (%s).',
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].device_kind)
+  from xmcgan_jax import train  # pylint: disable=g-import-not-at-top
+  if _MODE.value == 'train':
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

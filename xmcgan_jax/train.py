@@ -1,0 +1,255 @@
+"""train_and_evaluate: the training loop around the compiled train step.
+
+Every process runs this same function. It validates the config, loads the
+frozen text encoder, prepares the data (process 0) and builds this process's
+input pipeline, restores the newest readable checkpoint, then steps, logs,
+samples and checkpoints until config.num_train_steps, a non-finite loss (the
+run stops; the last good checkpoint stays), or SIGTERM (a final checkpoint is
+saved at the step reached).
+"""
+
+import os
+import signal
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
+import tensorflow as tf
+
+from xmcgan_jax import builders
+from xmcgan_jax import checkpointing
+from xmcgan_jax import config_base
+from xmcgan_jax import generate
+from xmcgan_jax import parallel
+from xmcgan_jax import train_step as train_step_lib
+from xmcgan_jax import visualize
+from xmcgan_jax.data import pipeline
+from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.models import text_encoder as text_encoder_lib
+
+
+class _Preemption:
+  """Records SIGTERM so the loop can save and stop at a step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: rely on the sync point only.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint at the next step boundary.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # All hosts agree on the same step (needs jax.distributed).
+      return (self.requested or
+              multihost_utils.reached_preemption_sync_point(step))
+    return self.requested
+
+
+def check_files(config) -> None:
+  """Fails fast, naming the field, when a configured file does not exist."""
+  for field, path in (('image_encoder.weights', config.image_encoder.weights),
+                      ('inception_weights', config.inception_weights)):
+    if path and not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f'config.{field}={path!r}: file not found.')
+
+
+def load_text_encoder(config) -> text_encoder_lib.TextEncoder:
+  """The frozen text encoder of a config, checked against max_tokens."""
+  encoder = text_encoder_lib.load_text_encoder(
+      config.text_encoder, pooling=config.text_pooling,
+      dtype=jnp.dtype(config.dtype))
+  limit = encoder.module.config.max_position_embeddings
+  if config.max_tokens > limit:
+    raise ValueError(f'config.max_tokens={config.max_tokens} exceeds the text '
+                     f'encoder\'s max_position_embeddings={limit}.')
+  return encoder
+
+
+def _all_positions(position: int) -> List[int]:
+  """Data positions of every process, in process order."""
+  if jax.process_count() == 1:
+    return [position]
+  gathered = multihost_utils.process_allgather(np.asarray(position, np.int64))
+  return [int(p) for p in np.asarray(gathered).reshape(-1)]
+
+
+def _fixed_samples(data: pipeline.InputPipeline, count: int
+                   ) -> Dict[str, np.ndarray]:
+  """The first `count` eval examples: the fixed captions of sample grids."""
+  batch = next(pipeline.as_numpy(data.eval_dataset(count, count)))
+  return {k: batch[k][:count] for k in ('image', 'token_ids', 'token_mask',
+                                         'caption')}
+
+
+def _write_samples(writer, workdir: str, step: int, grids: Dict[str, Any],
+                   captions) -> None:
+  texts = [c.decode('utf-8', 'replace') if isinstance(c, bytes) else c
+           for c in captions]
+  images = {}
+  for name, pixels in grids.items():
+    grid = visualize.make_grid(visualize.to_uint8(pixels), texts)
+    images[f'samples/{name}'] = grid[None]
+    visualize.save_png(
+        os.path.join(workdir, 'samples', f'{name}_{step:08d}.png'), grid)
+  writer.write_images(step, images)
+  writer.write_texts(step, {'samples/captions': ' | '.join(texts)})
+
+
+def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
+  """Trains (or resumes) the model of `config` in `workdir`.
+
+  Args:
+    config: an experiment config (see config_base.py).
+    workdir: checkpoints, TensorBoard events and samples go here.
+
+  Returns:
+    The final TrainState.
+  """
+  process_index, process_count = jax.process_index(), jax.process_count()
+  config_base.validate(config, jax.device_count())
+  if config.batch_size % process_count:
+    raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
+                     f'by the {process_count} processes.')
+  check_files(config)
+  text = load_text_encoder(config)
+  tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
+  if process_index == 0:
+    pipeline.prepare(pipeline.make_builder(config), config.manual_dir)
+  if process_count > 1:
+    multihost_utils.sync_global_devices('data prepared')
+  data = pipeline.create_input_pipeline(config, tokenizer, process_index,
+                                        process_count, prepare_data=False)
+
+  mesh = parallel.make_mesh()
+  generator, discriminator = builders.build_models(config, text.width)
+  g_tx, d_tx = builders.build_optimizers(config)
+  if config.image_encoder.name != 'none':
+    raise NotImplementedError(
+        f'config.image_encoder.name={config.image_encoder.name!r} needs '
+        'xmcgan_jax.models.image_encoders, which this build lacks.')
+  step_fn = train_step_lib.make_train_step(
+      generator, discriminator, g_tx, d_tx, mesh,
+      builders.build_step_config(config), text_encoder=text.features_fn())
+  frozen = {'text_encoder': parallel.replicate(text.params, mesh)}
+  state = train_step_lib.create_train_state(
+      jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
+      mesh)
+
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(state)
+  position = 0
+  if restored is not None:
+    step, state, positions = restored
+    if len(positions) != process_count:
+      raise ValueError(f'Checkpoint at step {step} was written by '
+                       f'{len(positions)} processes; this run has '
+                       f'{process_count}: the data order cannot be resumed.')
+    position = positions[process_index]
+    logging.info('Resumed from step %d (data position %d).', step, position)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=process_index > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  per_process_batch = config.batch_size // process_count
+  batches = pipeline.as_numpy(data.train_dataset(
+      per_process_batch, config.d_steps_per_g_step, position))
+  fixed = _fixed_samples(data, config.num_sample_captions)
+  generate_fn = generate.make_generate_fn(generator, text.features_fn())
+  fixed_z = generate.noise(config.seed + 1, len(fixed['caption']),
+                           config.z_dim)
+
+  def sample(step, state):
+    grids = {'real': fixed['image']}
+    for name, params in (('generated', state.g_params),
+                         ('ema', state.ema_g_params)):
+      grids[name] = np.asarray(generate_fn(
+          params, state.g_state, text.params, fixed['token_ids'],
+          fixed['token_mask'], fixed_z))
+    if process_index == 0:
+      _write_samples(writer, workdir, step, grids, fixed['caption'])
+
+  report = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer)
+  images_per_step = config.batch_size * config.d_steps_per_g_step
+  history: List[Dict[str, Any]] = []
+  last_good_step = start_step
+  log_start, log_step = time.perf_counter(), start_step
+  step = start_step
+
+  def save(step, state, position):
+    checkpointer.save(step, state, _all_positions(position))
+
+  with _Preemption() as preemption:
+    while step < config.num_train_steps:
+      batch = next(batches)
+      position = int(batch.pop('next_position'))
+      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
+                               frozen)
+      step += 1
+      history.append(metrics)
+      report(step)
+      is_last = step == config.num_train_steps
+      preempted = preemption.reached(step)
+      must_save = (step % config.checkpoint_every_steps == 0 or is_last or
+                   preempted)
+      if step % config.log_every_steps == 0 or is_last or must_save:
+        summary = {k: float(np.mean([float(m[k]) for m in history]))
+                   for k in history[-1]}
+        history = []
+        bad = [k for k in ('d_loss', 'g_loss') if not np.isfinite(summary[k])]
+        if bad:
+          raise FloatingPointError(
+              f'Non-finite {bad} at step {step} (last finite check at step '
+              f'{last_good_step}); stopping. The checkpoint of step '
+              f'{checkpointer.all_steps()[-1:] or "none"} is the last good '
+              'one: lower the learning rates or check the data.')
+        last_good_step = step
+        seconds = time.perf_counter() - log_start
+        steps_per_s = (step - log_step) / max(seconds, 1e-9)
+        summary.update(steps_per_second=steps_per_s,
+                       images_per_second=steps_per_s * images_per_step)
+        summary.update({f'skipped/{k}': v
+                        for k, v in data.skipped.counts().items()})
+        writer.write_scalars(step, summary)
+        log_start, log_step = time.perf_counter(), step
+        if process_index == 0:
+          logging.info(
+              'step %d/%d | d_loss %.3f g_loss %.3f d_adv %.3f g_adv %.3f | '
+              '%.2f steps/s %.0f img/s', step, config.num_train_steps,
+              summary['d_loss'], summary['g_loss'], summary.get('d_adv', 0),
+              summary.get('g_adv', 0), steps_per_s,
+              summary['images_per_second'])
+      if step % config.sample_every_steps == 0 or is_last:
+        sample(step, state)
+      if must_save:
+        save(step, state, position)
+      if preempted and not is_last:
+        logging.warning('Stopping at step %d after SIGTERM.', step)
+        break
+  checkpointer.wait_until_finished()
+  writer.flush()
+  return state
