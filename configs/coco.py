@@ -3,9 +3,11 @@
   python -m xmcgan_jax.main --config=configs/coco.py --workdir=gs://BUCKET/coco \
       --config.data_dir=gs://BUCKET/tensorflow_datasets
 
-Prepare TFDS coco_captions/2014 in data_dir first (see README, Data). Set
-image_encoder.weights to VGG-19 weights to enable the paper's fourth
-contrastive term (README, Image encoders); without them it stays off.
+Prepare TFDS coco_captions/2014 in data_dir first (see README, Data). The
+paper's fourth contrastive term uses VGG-19: set
+--config.image_encoder.weights=vgg19_weights_tf_dim_ordering_tf_kernels.h5
+(README, Image encoders), or --config.image_encoder.name=none to train
+without it.
 """
 
 from xmcgan_jax import config_base
@@ -26,6 +28,6 @@ def get_config():
   c.bn_group = 'device'
   c.dtype = 'bfloat16'
   c.num_train_steps = 500_000
-  c.image_encoder.name = 'none'  # 'vgg19' with image_encoder.weights set.
+  c.image_encoder.name = 'vgg19'  # As the paper; needs image_encoder.weights.
   c.image_encoder.feature = 'fc7'  # VGG-19 4096-d fc7, as the paper.
   return c

@@ -4,7 +4,8 @@
       --config.data_dir=/data/tensorflow_datasets
 
 As the 2021 code: per-device BatchNorm statistics and per-device contrastive
-negatives ('local'); ResNet-50 logits for the image term when weights are set.
+negatives ('local'); ResNet-50 logits for the image term (set
+--config.image_encoder.weights, or --config.image_encoder.name=none).
 """
 
 from xmcgan_jax import config_base
@@ -21,6 +22,6 @@ def get_config():
   c.contrastive_negatives = 'local'  # The 2021 release's only option.
   c.bn_group = 'device'
   c.dtype = 'bfloat16'
-  c.image_encoder.name = 'none'  # 'resnet50' with image_encoder.weights set.
+  c.image_encoder.name = 'resnet50'  # Needs image_encoder.weights.
   c.image_encoder.feature = 'logits'  # As the 2021 release.
   return c

@@ -262,3 +262,15 @@ def test_train_step_runs_the_encoder_on_token_ids():
                                atol=1e-6)
   np.testing.assert_allclose(float(metrics_a['g_loss']),
                              float(metrics_b['g_loss']), rtol=1e-5)
+
+
+@needs_minilm
+def test_pure_python_wordpiece_equals_tf_text():
+  """The TF-free sampling tokenizer gives the training tokenizer's ids."""
+  from xmcgan_jax import wordpiece  # pylint: disable=g-import-not-at-top
+  encoder = te.load_text_encoder('all-MiniLM-L6-v2')
+  tf_ids, tf_mask = encoder.tokenize(AWKWARD, 17)
+  py = wordpiece.WordPieceTokenizer(encoder.vocab_path, encoder.lower_case)
+  ids, mask = py.tokenize(AWKWARD, 17)
+  np.testing.assert_array_equal(ids, tf_ids)
+  np.testing.assert_array_equal(mask, tf_mask)

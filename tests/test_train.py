@@ -171,3 +171,26 @@ def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
   assert len(steps) == 1 and steps[0] >= 3
   step, state, _ = checkpointer.restore_latest(straight)
   assert step == steps[0] == int(state.step)
+
+
+def test_sampling_api_and_cli(straight_and_resumed):
+  """Captions in, uint8 images out, from the workdir; the CLI writes a PNG."""
+  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  _, resumed, workdir = straight_and_resumed
+  sampler = sample.Sampler.from_workdir(workdir)
+  assert sampler.step == int(resumed.step)
+  captions = ['a large red circle at the center', 'a small blue square',
+              'a large red circle at the center']
+  a = sampler.sample(captions, seed=0, batch_size=2)
+  assert a.shape == (3, 64, 64, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, sampler.sample(captions, seed=0))
+  assert not np.array_equal(a, sampler.sample(captions, seed=1))
+  assert not np.array_equal(a, sampler.sample(captions, seed=0, ema=False))
+  output = os.path.join(workdir, 'cli.png')
+  result = subprocess.run(
+      [sys.executable, '-m', 'xmcgan_jax.main', '--mode=sample',
+       '--workdir=' + workdir, '--captions=' + '|'.join(captions[:2]),
+       '--output=' + output], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.getsize(output) > 1000

@@ -68,6 +68,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.image_encoder.name = 'none'  # One of IMAGE_ENCODERS.
   c.image_encoder.weights = ''  # .h5 / .npz / .npy weight file.
   c.image_encoder.feature = ''  # '' = default (vgg19: fc7, resnet50: logits).
+  c.image_encoder.preprocess = ''  # '' = as the weights need; or 'none', ...
 
   # Logging and checkpoints.
   c.log_every_steps = 100  # Scalars to TensorBoard and console.

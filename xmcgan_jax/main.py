@@ -3,6 +3,8 @@
   python -m xmcgan_jax.main --config=configs/shapes.py --workdir=/tmp/shapes
   python -m xmcgan_jax.main --config=configs/coco.py --workdir=gs://b/coco \
       --config.batch_size=512
+  python -m xmcgan_jax.main --mode=sample --workdir=/tmp/shapes \
+      --captions='a large red circle at the center|a small blue square'
 
 Every host of a TPU pod or GPU cluster runs the same command; with several
 processes jax.distributed is initialised first (TPU pods, SLURM and
@@ -17,7 +19,12 @@ from absl import logging
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs, samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
+                          'train, or sample a PNG grid from the workdir.')
+_CAPTIONS = flags.DEFINE_string(
+    'captions', '', "--mode=sample: captions separated by '|'.")
+_SEED = flags.DEFINE_integer('seed', 0, '--mode=sample: noise seed.')
+_OUTPUT = flags.DEFINE_string('output', '', '--mode=sample: PNG path.')
 _MULTIPROCESS = flags.DEFINE_enum(
     'multiprocess', 'auto', ['auto', 'on', 'off'],
     'Call jax.distributed.initialize(): auto = when the environment shows '
@@ -25,7 +32,7 @@ _MULTIPROCESS = flags.DEFINE_enum(
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).',
     lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _several_processes() -> bool:
@@ -41,6 +48,8 @@ def _several_processes() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _MODE.value == 'train' and flags.FLAGS.config is None:
+    raise app.UsageError('--mode=train needs --config=configs/<name>.py.')
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
                                      _several_processes()):
@@ -55,9 +64,18 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
+  if _MODE.value == 'sample':
+    from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+    captions = [c.strip() for c in _CAPTIONS.value.split('|') if c.strip()]
+    if not captions:
+      raise app.UsageError("--mode=sample needs --captions='a ...|b ...'.")
+    path = sample.sample_grid(_WORKDIR.value, captions, _OUTPUT.value,
+                              _SEED.value)
+    logging.info('Wrote %s', path)
+    print(path)
+    return
   from xmcgan_jax import train  # pylint: disable=g-import-not-at-top
-  if _MODE.value == 'train':
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 
 if __name__ == '__main__':

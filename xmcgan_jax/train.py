@@ -31,6 +31,7 @@ from xmcgan_jax import train_step as train_step_lib
 from xmcgan_jax import visualize
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.models import image_encoders
 from xmcgan_jax.models import text_encoder as text_encoder_lib
 
 
@@ -143,14 +144,18 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
   mesh = parallel.make_mesh()
   generator, discriminator = builders.build_models(config, text.width)
   g_tx, d_tx = builders.build_optimizers(config)
+  image_encoder = None
   if config.image_encoder.name != 'none':
-    raise NotImplementedError(
-        f'config.image_encoder.name={config.image_encoder.name!r} needs '
-        'xmcgan_jax.models.image_encoders, which this build lacks.')
+    image_encoder = image_encoders.load_image_encoder(
+        config.image_encoder.name, config.image_encoder.weights,
+        config.image_encoder.feature, config.image_encoder.preprocess)
   step_fn = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config), text_encoder=text.features_fn())
+      builders.build_step_config(config), text_encoder=text.features_fn(),
+      image_encoder=image_encoder.features_fn() if image_encoder else None)
   frozen = {'text_encoder': parallel.replicate(text.params, mesh)}
+  if image_encoder is not None:
+    frozen['image_encoder'] = parallel.replicate(image_encoder.params, mesh)
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
@@ -169,6 +174,10 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
     logging.info('Resumed from step %d (data position %d).', step, position)
   start_step = int(state.step)
 
+  if process_index == 0:  # For sampling and evaluation jobs.
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=1))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0)
   if start_step == 0:

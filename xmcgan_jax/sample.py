@@ -1,0 +1,135 @@
+"""Sampling from a trained run: captions in, uint8 images out.
+
+  from xmcgan_jax import sample
+  sampler = sample.Sampler.from_workdir('workdirs/shapes')
+  images = sampler.sample(['a large red circle at the center'], seed=0)
+
+Works on CPU, GPU and TPU and needs no TensorFlow: the config comes from the
+run's config.json, the weights from its newest readable Orbax checkpoint,
+captions are tokenized by the pure-Python WordPiece tokenizer.
+"""
+
+import json
+import os
+from typing import List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+
+from xmcgan_jax import builders
+from xmcgan_jax import checkpointing
+from xmcgan_jax import generate
+from xmcgan_jax import parallel
+from xmcgan_jax import train_step as train_step_lib
+from xmcgan_jax import visualize
+from xmcgan_jax import wordpiece
+from xmcgan_jax.models import text_encoder as text_encoder_lib
+
+CONFIG_FILE = 'config.json'
+
+
+def _read(path: str) -> str:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  with open(path, encoding='utf-8') as f:
+    return f.read()
+
+
+class Sampler:
+  """A trained generator with its frozen text encoder.
+
+  Use Sampler.from_workdir; `step` is the checkpoint step it holds.
+  """
+
+  def __init__(self, config, state: train_step_lib.TrainState,
+               text: text_encoder_lib.TextEncoder, generator):
+    self.config = config
+    self.step = int(state.step)
+    self._state = state
+    self._text = text
+    self._tokenizer = wordpiece.WordPieceTokenizer(text.vocab_path,
+                                                   text.lower_case)
+    self._generate = generate.make_generate_fn(generator, text.features_fn())
+
+  @classmethod
+  def from_workdir(cls, workdir: str, text_encoder: Optional[str] = None
+                   ) -> 'Sampler':
+    """Loads the newest readable checkpoint of a training workdir.
+
+    Args:
+      workdir: the --workdir of a training run (local or gs://).
+      text_encoder: override config.text_encoder (e.g. a local copy).
+
+    Returns:
+      The Sampler.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    config = ml_collections.ConfigDict(json.loads(_read(config_path)))
+    if text_encoder:
+      config.text_encoder = text_encoder
+    text = text_encoder_lib.load_text_encoder(
+        config.text_encoder, pooling=config.text_pooling,
+        dtype=jnp.dtype(config.dtype))
+    generator, discriminator = builders.build_models(config, text.width)
+    g_tx, d_tx = builders.build_optimizers(config)
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    replicated = NamedSharding(mesh, parallel.REPLICATED)
+    abstract = jax.eval_shape(lambda: train_step_lib.create_train_state(
+        jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        abstract)
+    checkpointer = checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+        asynchronous=False)
+    restored = checkpointer.restore_latest(abstract)
+    checkpointer.close()
+    if restored is None:
+      raise FileNotFoundError(f'No readable checkpoint under {workdir}/'
+                              'checkpoints.')
+    return cls(config, restored[1], text, generator)
+
+  def sample(self, captions: Sequence[str], seed: int = 0, ema: bool = True,
+             batch_size: int = 64) -> np.ndarray:
+    """Images for captions, (N, S, S, 3) uint8; same seed, same images.
+
+    Args:
+      captions: one image per caption (repeat a caption for several).
+      seed: noise seed.
+      ema: use the EMA generator (default) or the raw one.
+      batch_size: images per generator call.
+    """
+    params = self._state.ema_g_params if ema else self._state.g_params
+    ids, mask = self._tokenizer.tokenize(list(captions),
+                                         self.config.max_tokens)
+    z = np.asarray(generate.noise(seed, len(captions), self.config.z_dim))
+    out: List[np.ndarray] = []
+    for start in range(0, len(captions), batch_size):
+      chunk = slice(start, start + batch_size)
+      n = len(ids[chunk])
+      pad = lambda x: np.concatenate(
+          [x, np.repeat(x[-1:], batch_size - n, 0)]) if n < batch_size else x
+      images = self._generate(params, self._state.g_state, self._text.params,
+                              pad(ids[chunk]), pad(mask[chunk]), pad(z[chunk]))
+      out.append(visualize.to_uint8(np.asarray(images)[:n]))
+    return np.concatenate(out)
+
+
+def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
+                seed: int = 0, ema: bool = True) -> str:
+  """Samples captions from a workdir and writes a PNG grid with them.
+
+  Returns:
+    The PNG path (default WORKDIR/samples/cli_<step>_seed<seed>.png).
+  """
+  sampler = Sampler.from_workdir(workdir)
+  images = sampler.sample(captions, seed=seed, ema=ema)
+  output = output or os.path.join(
+      workdir, 'samples', f'cli_{sampler.step:08d}_seed{seed}.png')
+  visualize.save_png(output, visualize.make_grid(images, list(captions)))
+  return output
