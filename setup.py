@@ -27,7 +27,7 @@ setuptools.setup(
         'tensorboard',  # clu's summary writer needs it.
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'nbclient', 'nbformat', 'ipykernel'],
     },
     license='Apache 2.0',
 )

@@ -12,3 +12,12 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # TensorFlow (used by the data pipeline) must not grab accelerators in tests.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache per test session, shared with the
+# subprocesses the tests start (CLI, notebook kernel): identical train steps
+# compile once.
+import tempfile  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='xmcgan_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')

@@ -31,7 +31,7 @@ def _config(**kw):
   c = ml_collections.ConfigDict(dict(
       dataset='shapes', data_dir='', manual_dir='', image_size=64,
       shapes_train_size=24, shapes_eval_size=10, max_tokens=40, seed=0,
-      shuffle_buffer=32))
+      shuffle_buffer=32, random_flip=True))
   c.update(kw)
   return c
 

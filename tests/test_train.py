@@ -194,3 +194,30 @@ def test_sampling_api_and_cli(straight_and_resumed):
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.getsize(output) > 1000
+
+
+def test_colab_notebook_runs_on_cpu_without_tensorflow(straight_and_resumed,
+                                                       tmp_path):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  pytest.importorskip('ipykernel')
+  _, _, workdir = straight_and_resumed
+  notebook = nbformat.read(os.path.join(ROOT, 'launch',
+                                        'colab_sampling.ipynb'), as_version=4)
+  notebook.cells.append(nbformat.v4.new_code_cell(
+      "import sys\nassert 'tensorflow' not in sys.modules, 'TF imported'\n"
+      "assert images.shape == (2, 64, 64, 3)"))
+  env = {'XMCGAN_WORKDIR': workdir, 'XMCGAN_SKIP_INSTALL': '1'}
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': str(tmp_path)}}
+                            ).execute()
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  assert os.path.getsize(tmp_path / 'samples.png') > 1000

@@ -55,6 +55,8 @@ class Sampler:
     self._tokenizer = wordpiece.WordPieceTokenizer(text.vocab_path,
                                                    text.lower_case)
     self._generate = generate.make_generate_fn(generator, text.features_fn())
+    self._standing = generate.make_standing_stats_fn(generator,
+                                                     text.features_fn())
 
   @classmethod
   def from_workdir(cls, workdir: str, text_encoder: Optional[str] = None
@@ -101,23 +103,44 @@ class Sampler:
     Args:
       captions: one image per caption (repeat a caption for several).
       seed: noise seed.
-      ema: use the EMA generator (default) or the raw one.
+      ema: use the EMA generator with standing BatchNorm statistics
+        (default) or the raw generator with its running statistics.
       batch_size: images per generator call.
     """
     params = self._state.ema_g_params if ema else self._state.g_params
     ids, mask = self._tokenizer.tokenize(list(captions),
                                          self.config.max_tokens)
     z = np.asarray(generate.noise(seed, len(captions), self.config.z_dim))
+    g_state = self._state.g_state
+    if ema:
+      g_state = self.standing_statistics(ids, mask, batch_size)
     out: List[np.ndarray] = []
     for start in range(0, len(captions), batch_size):
       chunk = slice(start, start + batch_size)
       n = len(ids[chunk])
       pad = lambda x: np.concatenate(
           [x, np.repeat(x[-1:], batch_size - n, 0)]) if n < batch_size else x
-      images = self._generate(params, self._state.g_state, self._text.params,
+      images = self._generate(params, g_state, self._text.params,
                               pad(ids[chunk]), pad(mask[chunk]), pad(z[chunk]))
       out.append(visualize.to_uint8(np.asarray(images)[:n]))
     return np.concatenate(out)
+
+
+  def standing_statistics(self, ids: np.ndarray, mask: np.ndarray,
+                          batch_size: int, passes: int = 50):
+    """BatchNorm statistics of the EMA weights on these captions.
+
+    `passes` train-mode forwards with fresh noise over the captions (cycled
+    to batch_size); with momentum 0.9 the raw generator's statistics decay
+    to 0.9**passes of their weight.
+    """
+    rows = np.resize(np.arange(len(ids)), batch_size)
+    state = self._state.g_state
+    for k in range(passes):
+      z = generate.noise(10_000 + k, batch_size, self.config.z_dim)
+      state = self._standing(self._state.ema_g_params, state,
+                             self._text.params, ids[rows], mask[rows], z)
+    return state
 
 
 def sample_grid(workdir: str, captions: Sequence[str], output: str = '',

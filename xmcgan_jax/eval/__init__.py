@@ -1,0 +1,1 @@
+"""Evaluation: FID / IS arithmetic, R-precision."""

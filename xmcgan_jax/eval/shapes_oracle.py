@@ -1,0 +1,208 @@
+"""Shapes oracle: reads (shape, colour, size) back from every grid cell.
+
+A small CNN trained on Shapes training images (the generator of
+data/shapes.py, so no TFDS read is needed) and cached in the workdir. From it:
+  - caption alignment of generated images: the fraction of captioned objects
+    found as described (shape, colour and size in their cell) and the
+    fraction of images whose every cell is right (objects and empty cells);
+  - a Frechet distance on its 3x3-cell features (real vs generated);
+  - its own accuracy on real validation images: the ceiling of the above.
+"""
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xmcgan_jax.data import shapes
+from xmcgan_jax.eval import fid
+
+_SIZE = 36  # Input side: 12 px per cell.
+EMPTY = 'none'
+SHAPE_CLASSES = (EMPTY,) + shapes.SHAPES
+
+
+class OracleNet(nn.Module):
+  """Per-cell logits: shape (incl. empty), colour, size; and features.
+
+  Each 3x3-grid cell is resized to 12x12 pixels and read by one shared MLP:
+  cheap to train on a CPU and exact enough for flat shapes.
+  """
+
+  @nn.compact
+  def __call__(self, images: jax.Array):
+    b = images.shape[0]
+    x = jax.image.resize(images, (b, _SIZE, _SIZE, 3), 'bilinear')
+    side = _SIZE // 3
+    cells = x.reshape((b, 3, side, 3, side, 3)).transpose(0, 1, 3, 2, 4, 5)
+    cells = cells.reshape((b, 9, side * side * 3))
+    h = nn.relu(nn.Dense(256)(cells))
+    h = nn.relu(nn.Dense(128)(h))
+    return {'shape': nn.Dense(len(SHAPE_CLASSES))(h),
+            'colour': nn.Dense(len(shapes.COLOUR_NAMES))(h),
+            'size': nn.Dense(len(shapes.SIZES))(h),
+            # Image features for the Frechet distance: cell features pooled
+            # to 128 dimensions (few enough for covariances from ~1k images).
+            'features': jnp.mean(h, axis=1)}
+
+
+def cell_labels(objects: Dict[str, Sequence[str]]) -> np.ndarray:
+  """(9, 3) int labels (shape incl. empty, colour, size); -1 where empty."""
+  labels = np.full((9, 3), -1, np.int32)
+  labels[:, 0] = 0
+  for shape, colour, size, cell in zip(objects['shape'], objects['colour'],
+                                       objects['size'], objects['cell']):
+    labels[shapes.CELLS.index(cell)] = (SHAPE_CLASSES.index(shape),
+                                        shapes.COLOUR_NAMES.index(colour),
+                                        shapes.SIZES.index(size))
+  return labels
+
+
+def _examples(split: str, count: int, image_size: int, seed: int = 0
+              ) -> Tuple[np.ndarray, np.ndarray]:
+  images, labels = [], []
+  for i in range(count):
+    ex = shapes.make_example(seed, split, i, image_size)
+    images.append(ex['image'])
+    labels.append(cell_labels(ex['objects']))
+  return np.stack(images).astype(np.float32) / 255.0, np.stack(labels)
+
+
+class ShapesOracle:
+  """A trained oracle; use ShapesOracle.load_or_train."""
+
+  def __init__(self, params):
+    self.params = params
+    self._apply = jax.jit(lambda p, x: OracleNet().apply({'params': p}, x))
+
+  @classmethod
+  def load_or_train(cls, cache_path: str, image_size: int = 64,
+                    train_examples: int = 4000, steps: int = 1500,
+                    seed: int = 0) -> 'ShapesOracle':
+    """Loads the cached oracle or trains one (about 30 s on 2 cores)."""
+    template = OracleNet().init(jax.random.PRNGKey(seed),
+                                jnp.zeros((1, image_size, image_size, 3)))
+    if cache_path and os.path.exists(cache_path):
+      with open(cache_path, 'rb') as f:
+        params = flax.serialization.from_bytes(template['params'], f.read())
+      return cls(params)
+    images, labels = _examples('train', train_examples, image_size, seed)
+    tx = optax.adam(2e-3)
+    params = template['params']
+    opt_state = tx.init(params)
+
+    def loss_fn(params, x, y):
+      out = OracleNet().apply({'params': params}, x)
+      ce = optax.softmax_cross_entropy_with_integer_labels
+      present = (y[..., 0] > 0).astype(jnp.float32)
+      loss = jnp.mean(ce(out['shape'], y[..., 0]))
+      for head, k in (('colour', 1), ('size', 2)):
+        per = ce(out[head], jnp.maximum(y[..., k], 0))
+        loss += jnp.sum(per * present) / jnp.maximum(jnp.sum(present), 1)
+      return loss
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+      grads = jax.grad(loss_fn)(params, x, y)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+      idx = rng.integers(0, len(images), 64)
+      params, opt_state = step(params, opt_state, images[idx], labels[idx])
+    if cache_path:
+      os.makedirs(os.path.dirname(cache_path) or '.', exist_ok=True)
+      with open(cache_path, 'wb') as f:
+        f.write(flax.serialization.to_bytes(params))
+    return cls(params)
+
+  def predict(self, images: np.ndarray, batch: int = 256
+              ) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels (N, 9, 3) with -1 for empty cells, features (N, F))."""
+    labels, features = [], []
+    for start in range(0, len(images), batch):
+      x = np.asarray(images[start:start + batch], np.float32)
+      if x.dtype == np.uint8 or x.max() > 1.5:
+        x = x / 255.0
+      out = self._apply(self.params, x)
+      shape = np.asarray(jnp.argmax(out['shape'], -1))
+      colour = np.asarray(jnp.argmax(out['colour'], -1))
+      size = np.asarray(jnp.argmax(out['size'], -1))
+      pred = np.stack([shape, colour, size], -1)
+      pred[shape == 0, 1:] = -1
+      labels.append(pred)
+      features.append(np.asarray(out['features']))
+    return np.concatenate(labels), np.concatenate(features)
+
+
+def alignment(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
+  """Caption alignment of predicted (N, 9, 3) cell labels against the truth.
+
+  Returns:
+    object_accuracy: captioned objects found with their shape, colour, size;
+    image_accuracy: images with every cell right (objects and empty cells).
+  """
+  present = truth[..., 0] > 0
+  exact = np.all(predicted == truth, axis=-1)
+  return {'object_accuracy': float(exact[present].mean()),
+          'image_accuracy': float(exact.all(axis=1).mean())}
+
+
+def evaluate(oracle: ShapesOracle, generated: np.ndarray,
+             truth: np.ndarray, real: np.ndarray) -> Dict[str, float]:
+  """Alignment of generated images, the real-image ceiling, oracle FD."""
+  gen_labels, gen_features = oracle.predict(generated)
+  real_labels, real_features = oracle.predict(real)
+  out = {f'generated_{k}': v for k, v in alignment(gen_labels, truth).items()}
+  out.update({f'real_{k}': v for k, v in alignment(real_labels, truth).items()})
+  out['frechet_distance'] = fid.frechet_distance(
+      *fid.statistics(real_features), *fid.statistics(gen_features))
+  return out
+
+
+def validation_set(count: int, image_size: int = 64, seed: int = 0
+                   ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+  """(uint8 images, cell labels, first captions) of Shapes validation."""
+  images, labels, captions = [], [], []
+  for i in range(count):
+    ex = shapes.make_example(seed, 'validation', i, image_size)
+    images.append(ex['image'])
+    labels.append(cell_labels(ex['objects']))
+    captions.append(ex['captions'][0])
+  return np.stack(images), np.stack(labels), captions
+
+
+def evaluate_workdir(workdir: str, count: int = 1000, seed: int = 0
+                     ) -> Dict[str, float]:
+  """Oracle metrics of a Shapes run's raw and EMA generators.
+
+  Generates one image per validation caption (the first of each example),
+  with the oracle cached at WORKDIR/shapes_oracle.msgpack.
+  """
+  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  sampler = sample.Sampler.from_workdir(workdir)
+  size = sampler.config.image_size
+  oracle = ShapesOracle.load_or_train(
+      os.path.join(workdir, 'shapes_oracle.msgpack'), image_size=size)
+  real, truth, captions = validation_set(count, size)
+  out = {'step': sampler.step}
+  for name, ema in (('raw', False), ('ema', True)):
+    images = sampler.sample(captions, seed=seed, ema=ema)
+    for k, v in evaluate(oracle, images, truth, real).items():
+      if k.startswith('real_'):
+        out[k] = v
+      else:
+        out[f'{name}_{k}'] = v
+  return out
+
+
+if __name__ == '__main__':
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  print(json.dumps(evaluate_workdir(sys.argv[1]), indent=1))
