@@ -27,7 +27,8 @@ setuptools.setup(
         'tensorboard',  # clu's summary writer needs it.
     ],
     extras_require={
-        'test': ['pytest>=7', 'nbclient', 'nbformat', 'ipykernel'],
+        'test': ['pytest>=7', 'pytest-xdist', 'nbclient', 'nbformat',
+                 'ipykernel'],
     },
     license='Apache 2.0',
 )

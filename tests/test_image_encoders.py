@@ -57,12 +57,18 @@ def test_vgg19_matches_keras(keras_vgg19):
     _close(encoder.features_fn()(encoder.params, images), want)
 
 
-def test_resnet50_matches_keras(tmp_path):
+@pytest.fixture(scope='module')
+def keras_resnet50(tmp_path_factory):
   keras.utils.set_random_seed(1)
   model = keras.applications.ResNet50(weights=None)
   _randomise_batchnorm(model)
-  path = str(tmp_path / 'resnet50.h5')
+  path = str(tmp_path_factory.mktemp('resnet') / 'resnet50.h5')
   model.save(path)
+  return model, path
+
+
+def test_resnet50_matches_keras(keras_resnet50):
+  model, path = keras_resnet50
   images = _images(seed=1)
   keras_in = keras.applications.resnet50.preprocess_input(images * 255.0)
   pooled = np.asarray(keras.Model(model.inputs,
@@ -129,9 +135,9 @@ def test_gradients_reach_the_generator_not_the_encoder(keras_vgg19):
   assert float(jnp.abs(g_images).max()) > 0
 
 
-def test_train_step_with_vgg19_on_eight_devices(keras_vgg19):
-  _, path = keras_vgg19
-  encoder = ie.load_image_encoder('vgg19', path)
+def test_train_step_with_resnet50_on_eight_devices(keras_resnet50):
+  _, path = keras_resnet50
+  encoder = ie.load_image_encoder('resnet50', path)
   g = Generator(image_size=64, base_width=4, z_dim=8, text_dim=16,
                 max_tokens=6)
   d = Discriminator(image_size=64, base_width=4, text_dim=16)

@@ -113,7 +113,7 @@ class Sampler:
     z = np.asarray(generate.noise(seed, len(captions), self.config.z_dim))
     g_state = self._state.g_state
     if ema:
-      g_state = self.standing_statistics(ids, mask, batch_size)
+      g_state = self.standing_statistics(ids, mask)
     out: List[np.ndarray] = []
     for start in range(0, len(captions), batch_size):
       chunk = slice(start, start + batch_size)
@@ -127,12 +127,13 @@ class Sampler:
 
 
   def standing_statistics(self, ids: np.ndarray, mask: np.ndarray,
-                          batch_size: int, passes: int = 50):
+                          batch_size: int = 64, passes: int = 50):
     """BatchNorm statistics of the EMA weights on these captions.
 
     `passes` train-mode forwards with fresh noise over the captions (cycled
-    to batch_size); with momentum 0.9 the raw generator's statistics decay
-    to 0.9**passes of their weight.
+    to a fixed batch_size, so the result does not depend on how sampling is
+    batched); with momentum 0.9 the raw generator's statistics decay to
+    0.9**passes of their weight.
     """
     rows = np.resize(np.arange(len(ids)), batch_size)
     state = self._state.g_state

@@ -146,12 +146,16 @@ def alignment(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
 
   Returns:
     object_accuracy: captioned objects found with their shape, colour, size;
-    image_accuracy: images with every cell right (objects and empty cells).
+    image_accuracy: images with every cell right (objects and empty cells);
+    colour_accuracy: captioned objects whose cell holds something of the
+      captioned colour (shape and size ignored): a looser, earlier signal.
   """
   present = truth[..., 0] > 0
   exact = np.all(predicted == truth, axis=-1)
+  colour = (predicted[..., 0] > 0) & (predicted[..., 1] == truth[..., 1])
   return {'object_accuracy': float(exact[present].mean()),
-          'image_accuracy': float(exact.all(axis=1).mean())}
+          'image_accuracy': float(exact.all(axis=1).mean()),
+          'colour_accuracy': float(colour[present].mean())}
 
 
 def evaluate(oracle: ShapesOracle, generated: np.ndarray,
