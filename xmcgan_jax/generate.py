@@ -34,23 +34,21 @@ def make_generate_fn(generator: nn.Module,
   return generate
 
 
-def make_standing_stats_fn(generator: nn.Module,
-                           text_features: text_encoder_lib.TextFeaturesFn
-                           ) -> Callable[..., Any]:
+def make_standing_stats_fn(generator: nn.Module) -> Callable[..., Any]:
   """A jitted pass that refreshes G's BatchNorm running statistics.
 
-  standing(g_params, g_state, text_params, ids, mask, z) -> new g_state:
-  one train-mode forward whose batch statistics enter the running averages
-  (momentum 0.9). Repeated over fresh noise it gives EMA weights their own
-  ("standing") statistics instead of the raw generator's.
+  standing(g_params, g_state, sentence, words, mask, z) -> new g_state: one
+  train-mode forward on precomputed text features whose batch statistics
+  enter the running averages (momentum 0.9). Repeated over fresh noise it
+  gives EMA weights their own ("standing") statistics instead of the raw
+  generator's.
   """
 
   @jax.jit
-  def standing(g_params, g_state, text_params, token_ids, token_mask, z):
-    words, sentence = text_features(text_params, token_ids, token_mask)
+  def standing(g_params, g_state, sentence, words, mask, z):
     _, new_vars = generator.apply(
         {'params': g_params, 'batch_stats': g_state}, z, sentence, words,
-        token_mask.astype(bool), train=True, mutable=['batch_stats'])
+        mask.astype(bool), train=True, mutable=['batch_stats'])
     return new_vars['batch_stats']
 
   return standing
