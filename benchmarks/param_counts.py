@@ -54,8 +54,8 @@ def main():
   parser.add_argument('--max_tokens', type=int, default=17)
   args = parser.parse_args()
   print(f'gf = df = {args.width}, E = {args.text_dim}, T = {args.max_tokens}')
-  print(f'| image size | G params | D params |')
-  print(f'|---|---|---|')
+  print('| image size | G params | D params |')
+  print('|---|---|---|')
   for size in (64, 128, 256):
     n = count_parameters(size, args.width, text_dim=args.text_dim,
                          max_tokens=args.max_tokens)

@@ -42,12 +42,8 @@ def _bert(config, text_dim: int):
   return text_encoder_lib.TextEncoder(module, params, '', True)
 
 
-def build(config, text_dim: int, mesh, with_bert: bool = False):
-  """The step function, initial state, synthetic global batch, frozen params.
-
-  With `with_bert` the step runs a BERT-base-shaped text encoder on token
-  ids, as training does; otherwise the batch carries text features.
-  """
+def _make_step(config, text_dim: int, mesh, with_bert: bool):
+  """The real train step of a config and what it was built from."""
   generator, discriminator = builders.build_models(config, text_dim)
   g_tx, d_tx = builders.build_optimizers(config)
   encoder = _bert(config, text_dim) if with_bert else None
@@ -55,19 +51,37 @@ def build(config, text_dim: int, mesh, with_bert: bool = False):
       generator, discriminator, g_tx, d_tx, mesh,
       builders.build_step_config(config),
       text_encoder=encoder.features_fn() if encoder else None)
-  state = train_step_lib.create_train_state(
+  init = lambda mesh=None: train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
+  return step, init, encoder
+
+
+def _synthetic_batch(config, text_dim: int, batch_size: int, encoder):
+  """A random (d_steps, batch_size, ...) numpy batch: token ids with an
+  encoder in the step, text features without."""
   rng = np.random.default_rng(0)
-  shape = (config.d_steps_per_g_step, config.batch_size)
+  shape = (config.d_steps_per_g_step, batch_size)
   batch = common.synthetic_text_batch(rng, shape, config.max_tokens, text_dim)
-  frozen = {}
   if encoder:
     batch = {'token_ids': rng.integers(1000, 20000, size=shape + (
         config.max_tokens,)).astype(np.int32), 'token_mask': batch['word_mask']}
-    frozen = {'text_encoder': parallel.replicate(encoder.params, mesh)}
   size = config.image_size
   batch['image'] = rng.random(shape + (size, size, 3), dtype=np.float32)
+  return batch
+
+
+def build(config, text_dim: int, mesh, with_bert: bool = False):
+  """The step function, initial state, synthetic global batch, frozen params.
+
+  With `with_bert` the step runs a BERT-base-shaped text encoder on token
+  ids, as training does; otherwise the batch carries text features.
+  """
+  step, init, encoder = _make_step(config, text_dim, mesh, with_bert)
+  state = init(mesh)
+  batch = _synthetic_batch(config, text_dim, config.batch_size, encoder)
+  frozen = ({'text_encoder': parallel.replicate(encoder.params, mesh)}
+            if encoder else {})
   return step, state, parallel.shard_batch(batch, mesh), frozen
 
 
@@ -79,34 +93,17 @@ def model_tflop(config, text_dim: int, n_devices: int,
   per_device = config.batch_size // n_devices
   config = config.copy_and_resolve_references()
   config.batch_size = per_device
-  generator, discriminator = builders.build_models(config, text_dim)
-  g_tx, d_tx = builders.build_optimizers(config)
-  encoder = _bert(config, text_dim) if with_bert else None
-  step = train_step_lib.make_train_step(
-      generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config),
-      text_encoder=encoder.features_fn() if encoder else None)
-  state = jax.eval_shape(lambda: train_step_lib.create_train_state(
-      jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx))
+  step, init, encoder = _make_step(config, text_dim, mesh, with_bert)
   replicated = NamedSharding(mesh, parallel.REPLICATED)
-  state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      state)
-  shape = (config.d_steps_per_g_step, per_device)
-  batch = common.synthetic_text_batch(np.random.default_rng(0), shape,
-                                      config.max_tokens, text_dim)
-  frozen = {}
-  if encoder:
-    batch = {'token_ids': np.zeros(shape + (config.max_tokens,), np.int32),
-             'token_mask': batch['word_mask']}
-    frozen = {'text_encoder': jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        encoder.params)}
-  size = config.image_size
-  batch['image'] = np.zeros(shape + (size, size, 3), np.float32)
   sharded = NamedSharding(mesh, parallel.BATCH_SPEC)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded)
-           for k, v in batch.items()}
+  abstract = lambda tree, sharding: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      tree)
+  state = abstract(jax.eval_shape(init), replicated)
+  batch = abstract(_synthetic_batch(config, text_dim, per_device, encoder),
+                   sharded)
+  frozen = ({'text_encoder': abstract(encoder.params, replicated)}
+            if encoder else {})
   compiled = step.jitted.lower(state, batch, frozen).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):

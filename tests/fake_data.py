@@ -5,7 +5,6 @@ import json
 import os
 from typing import Dict, List, Optional
 
-import numpy as np
 from PIL import Image
 
 

@@ -1,6 +1,5 @@
 """Datasets and the tf.data pipeline on small data in the real formats."""
 
-import os
 
 import ml_collections
 import numpy as np

@@ -1,6 +1,5 @@
 """Losses against plain-numpy references, and global negatives on 8 devices."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ saved at the step reached).
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from absl import logging
 from clu import metric_writers
@@ -226,8 +226,9 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
       must_save = (step % config.checkpoint_every_steps == 0 or is_last or
                    preempted)
       if step % config.log_every_steps == 0 or is_last or must_save:
-        summary = {k: float(np.mean([float(m[k]) for m in history]))
-                   for k in history[-1]}
+        fetched = jax.device_get(history)  # One transfer, not one per scalar.
+        summary = {k: float(np.mean([m[k] for m in fetched]))
+                   for k in fetched[-1]}
         history = []
         bad = [k for k in ('d_loss', 'g_loss') if not np.isfinite(summary[k])]
         if bad:

