@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Tuple
 
 import jax
 import numpy as np
@@ -86,8 +87,14 @@ def build(config, text_dim: int, mesh, with_bert: bool = False):
 
 
 def model_tflop(config, text_dim: int, n_devices: int,
-                with_bert: bool = False) -> float:
-  """TFLOP of one step from the CPU backend's cost analysis (all devices)."""
+                with_bert: bool = False) -> Tuple[float, float]:
+  """TFLOP of one step (all devices) and GiB of one device's buffers, from
+  the CPU backend's cost and memory analyses of the per-device program.
+
+  The memory is XLA's buffer assignment (arguments + outputs + temporaries
+  - donated aliases) on the CPU: an estimate of the device footprint that
+  shows how activations scale with the batch and with remat.
+  """
   cpu = jax.devices('cpu')[:1]
   mesh = parallel.make_mesh(cpu)
   per_device = config.batch_size // n_devices
@@ -108,7 +115,10 @@ def model_tflop(config, text_dim: int, n_devices: int,
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return float(cost['flops']) * n_devices / 1e12
+  memory = compiled.memory_analysis()
+  gib = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+         memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**30
+  return float(cost['flops']) * n_devices / 1e12, gib
 
 
 def _configure(name: str, args):
@@ -120,20 +130,24 @@ def _configure(name: str, args):
     config.image_size = args.image_size
   if args.dtype:
     config.dtype = args.dtype
+  config.remat = args.remat
   return config, n
 
 
 def run(name: str, args) -> dict:
   """Times one config; returns a result record."""
   config, n = _configure(name, args)
-  record = {'config': name, 'px': config.image_size, 'dtype': config.dtype,
+  record = {'config': name + (' +remat' if args.remat else ''),
+            'px': config.image_size, 'dtype': config.dtype,
             'devices': f'{n}x {jax.devices()[0].device_kind}',
             'batch': f'{config.batch_size // n}x{config.d_steps_per_g_step}',
             'images_per_step': config.batch_size * config.d_steps_per_g_step,
             'n_devices': n, 'platform': jax.devices()[0].platform,
-            'text_encoder': 'bert-in-step' if args.bert else 'features'}
+            'text_encoder': 'bert-in-step' if args.bert else 'features',
+            'remat': args.remat}
   if args.flops_only:
-    record['tflop'] = model_tflop(config, args.text_dim, n, args.bert)
+    record['tflop'], record['xla_gib'] = model_tflop(config, args.text_dim, n,
+                                                     args.bert)
     return record
   mesh = parallel.make_mesh()
   step, state, batch, frozen = build(config, args.text_dim, mesh, args.bert)
@@ -153,7 +167,8 @@ def run(name: str, args) -> dict:
   record['step_s'] = statistics.median(times)
   record['peak_gib'] = common.peak_memory_gib(jax.devices()[0])
   if args.flops:
-    record['tflop'] = model_tflop(config, args.text_dim, n, args.bert)
+    record['tflop'], record['xla_gib'] = model_tflop(config, args.text_dim, n,
+                                                     args.bert)
   return record
 
 
@@ -169,12 +184,13 @@ def table_row(record: dict) -> list:
           fmt(step_s and 1e3 * step_s, '{:.1f}'),
           fmt(step_s and record['images_per_step'] / step_s, '{:.0f}'),
           fmt(tflop, '{:.3g}'), mfu, fmt(record.get('peak_gib'), '{:.1f}'),
+          fmt(record.get('xla_gib'), '{:.1f}'),
           fmt(record.get('compile_s'), '{:.0f}')]
 
 
 HEADER = ['config', 'px', 'dtype', 'devices', 'batch/dev x sub', 'text',
           'step ms', 'real img/s', 'TFLOP/step', 'MFU', 'peak GiB',
-          'compile s']
+          'XLA GiB/dev', 'compile s']
 
 
 def main():
@@ -189,6 +205,8 @@ def main():
                       help='E of the text features / encoder')
   parser.add_argument('--bert', action='store_true',
                       help='run a BERT-base-shaped encoder inside the step')
+  parser.add_argument('--remat', action='store_true',
+                      help='config.remat: recompute G/D block activations')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--no_flops', dest='flops', action='store_false',

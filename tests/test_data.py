@@ -139,6 +139,24 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   assert len(evaluated) == 1 and evaluated[0]['valid'].sum() == 4
   want = {c.encode() for s in ('val', 'test', 'restval') for c in captions[s]}
   assert set(evaluated[0]['caption'][:4]) == want
+  # The eval job's view: captions, streamed uint8 images, cached statistics.
+  from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config.eval_batch_size = 3
+  config.fid_stats_dir = str(tmp_path / 'stats')
+  texts, images, truth = evaluate.eval_set(config, 10, tokenizer)
+  assert truth is None and {t.encode() for t in texts} == want
+  batches = list(images())
+  assert [b.shape for b in batches] == [(3, 64, 64, 3), (1, 64, 64, 3)]
+  assert all(b.dtype == np.uint8 for b in batches)
+  mean_colour = lambda x: (x.reshape(len(x), -1, 3).mean(axis=1), x[:, :1, 0, 0])
+  mu, _ = evaluate.real_statistics(config, mean_colour, 'fake', len(texts),
+                                   images())
+  np.testing.assert_allclose(mu, np.concatenate(batches).reshape(
+      4, -1, 3).mean(axis=(0, 1)), rtol=1e-6)
+  cached = list((tmp_path / 'stats').glob('coco_val_test_restval_64px_4_fake.npz'))
+  assert len(cached) == 1
+  again, _ = evaluate.real_statistics(config, None, 'fake', len(texts), iter([]))
+  np.testing.assert_array_equal(again, mu)
 
 
 def test_localized_narratives_builders_skip_missing_images(tmp_path, caplog):

@@ -162,3 +162,52 @@ def test_parameter_counts_at_paper_widths():
   assert round(n256['discriminator'] / 1e5) == 994
   for n, ref in ((n128['generator'], 78.51e6), (n256['generator'], 92.87e6)):
     assert 0 < ref - n < 1e5, n
+
+
+def _assert_close_in_norm(a, b, tol=1e-5):
+  """float32 summation-order noise only: relative L2 error below tol."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert np.linalg.norm(a - b) <= tol * (np.linalg.norm(b) + 1e-12), (
+      np.linalg.norm(a - b), np.linalg.norm(b))
+
+
+def test_padded_output_conv_and_remat_change_nothing():
+  """The GPU layout options are exact: same params, outputs and gradients."""
+  z, s, w, m = _text(4)
+  images = np.random.default_rng(1).random((4, 64, 64, 3)).astype(np.float32)
+  kw = dict(image_size=64, base_width=2, z_dim=Z, text_dim=E, max_tokens=T)
+  plain_g = Generator(out_padded_channels=3, **kw)
+  variants_g = [Generator(remat=True, **kw)]  # Padded to 16 by default.
+  g_vars = plain_g.init(jax.random.PRNGKey(0), z, s, w, m)
+
+  def g_grads(model):
+    def loss(params):
+      out, _ = model.apply({**g_vars, 'params': params}, z, s, w, m,
+                           mutable=['batch_stats'])
+      return jnp.sum(out * images[..., ::-1]), out
+    return jax.grad(loss, has_aux=True)(g_vars['params'])
+
+  ref_grads, ref_out = g_grads(plain_g)
+  for model in variants_g:
+    assert jax.tree.structure(model.init(jax.random.PRNGKey(0), z, s, w, m)
+                              ) == jax.tree.structure(g_vars)
+    grads, out = g_grads(model)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      _assert_close_in_norm(a, b)
+
+  d_kw = dict(image_size=64, base_width=2, text_dim=E)
+  plain_d, remat_d = Discriminator(**d_kw), Discriminator(remat=True, **d_kw)
+  d_vars = plain_d.init(jax.random.PRNGKey(0), images, s)
+
+  def d_grads(model):
+    def loss(params):
+      out, stats = model.apply({**d_vars, 'params': params}, images, s,
+                               mutable=['spectral_norm_stats'])
+      return jnp.sum(out.logits), stats
+    return jax.grad(loss, has_aux=True)(d_vars['params'])
+
+  (ref, ref_stats), (got, stats) = d_grads(plain_d), d_grads(remat_d)
+  for a, b in zip(jax.tree.leaves((got, stats)), jax.tree.leaves(
+      (ref, ref_stats))):
+    _assert_close_in_norm(a, b)

@@ -25,3 +25,19 @@ def test_oracle_accuracy_and_chance(tmp_path):
   far = shapes_oracle.evaluate(oracle, noise, truth[:200], images[:200])
   assert far['frechet_distance'] > 10 * near['frechet_distance']
   assert far['generated_object_accuracy'] < 0.2
+
+
+def test_oracle_r_precision_real_and_shuffled(tmp_path):
+  """The oracle as image-text encoder: real images find their captions."""
+  from xmcgan_jax.eval import r_precision  # pylint: disable=g-import-not-at-top
+  oracle = shapes_oracle.ShapesOracle.load_or_train(
+      str(tmp_path / 'oracle.msgpack'), train_examples=2000, steps=600)
+  images, truth, captions = shapes_oracle.validation_set(300)
+  encoder = shapes_oracle.OracleImageTextEncoder(oracle)
+  # Parsed captions embed exactly like the true cell labels.
+  np.testing.assert_array_equal(encoder.embed_texts(captions),
+                                shapes_oracle.embed_labels(truth))
+  real = r_precision.r_precision_of(encoder, images, captions)
+  assert real > 0.9, real
+  shuffled = r_precision.r_precision_of(encoder, images[::-1], captions)
+  assert shuffled < 0.1, shuffled

@@ -221,3 +221,54 @@ def test_colab_notebook_runs_on_cpu_without_tensorflow(straight_and_resumed,
       else:
         os.environ[k] = v
   assert os.path.getsize(tmp_path / 'samples.png') > 1000
+
+
+def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
+                                                  tmp_path):
+  """--mode=eval's job: oracle metrics, FID/IS through a features function,
+  cached real statistics, results in JSONL, CSV and TensorBoard."""
+  from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  _, _, workdir = straight_and_resumed
+  workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
+  shapes_oracle.ShapesOracle.load_or_train(  # A quick oracle, cached.
+      os.path.join(workdir, 'shapes_oracle.msgpack'), train_examples=64,
+      steps=5)
+  config = sample.load_config(workdir)
+  config.fid_stats_dir = str(tmp_path / 'stats')
+
+  def features(images):  # Mean colours of 2x2 blocks; 4 "classes".
+    x = images.astype(np.float64).reshape(len(images), 2, 32, 2, 32, 3)
+    pool = x.mean(axis=(2, 4)).reshape(len(images), -1) / 255.0
+    logits = pool[:, :4] * 5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return pool, probs
+
+  make = lambda: evaluate.Evaluator(workdir, config, features, 'fake')
+  results = evaluate.run(workdir, evaluator=make())
+  assert [r['step'] for r in results] == [4]
+  result = results[0]
+  assert result['num_images'] == 16
+  for name in ('raw', 'ema'):
+    assert result[f'{name}/fid'] > 0
+    assert 1.0 <= result[f'{name}/inception_score'] <= 4.0
+    assert 0.0 <= result[f'{name}/oracle_object_accuracy'] <= 1.0
+    assert np.isfinite(result[f'{name}/oracle_frechet_distance'])
+  assert result['raw/fid'] != result['ema/fid']
+  stats = glob.glob(str(tmp_path / 'stats' / 'shapes_validation_64px_16_fake'
+                        '*.npz'))
+  assert len(stats) == 1 and 'provenance' in np.load(stats[0]).files
+  eval_dir = os.path.join(workdir, 'eval')
+  assert glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*'))
+  with open(os.path.join(eval_dir, 'results.csv')) as f:
+    header, row = f.read().splitlines()
+  assert header.startswith('step,') and row.startswith('4,')
+  # Evaluated already: a second job finds nothing new (polling returns at
+  # the final step), and reuses the cached real statistics.
+  mtime = os.path.getmtime(stats[0])
+  assert evaluate.run(workdir, poll=True, evaluator=make()) == []
+  assert os.path.getmtime(stats[0]) == mtime
+  # Any kept checkpoint on request.
+  older = make().evaluate(2)
+  assert older['step'] == 2 and older['raw/fid'] != result['raw/fid']

@@ -28,10 +28,11 @@ def build_models(config, text_dim: int) -> Tuple[Generator, Discriminator]:
   generator = Generator(
       image_size=config.image_size, base_width=config.g_width,
       z_dim=config.z_dim, text_dim=text_dim, max_tokens=config.max_tokens,
-      attention_gamma=config.attention_gamma, dtype=dtype)
+      attention_gamma=config.attention_gamma, dtype=dtype,
+      remat=config.remat, out_padded_channels=config.g_out_padded_channels)
   discriminator = Discriminator(
       image_size=config.image_size, base_width=config.d_width,
-      text_dim=text_dim, dtype=dtype)
+      text_dim=text_dim, dtype=dtype, remat=config.remat)
   return generator, discriminator
 
 

@@ -57,19 +57,30 @@ class Checkpointer:
     Returns:
       None if there is no readable checkpoint.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=ocp.args.JsonRestore()))
+        return self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); '
                         'trying the previous one.', step, self.directory,
                         type(e).__name__, e)
-        continue
-      return step, restored['state'], list(restored['data']['positions'])
     return None
+
+  def restore(self, step: int, abstract_state: Any
+              ) -> Tuple[int, Any, List[int]]:
+    """(step, state, data positions) of the checkpoint at `step`.
+
+    Raises:
+      Whatever Orbax raises for a missing or unreadable checkpoint.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    return step, restored['state'], list(restored['data']['positions'])
+
+  def reload(self) -> None:
+    """Re-reads the directory (checkpoints written by another process)."""
+    self._manager.reload()
 
   def wait_until_finished(self) -> None:
     """Blocks until asynchronous saves are on disk."""

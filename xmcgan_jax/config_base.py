@@ -40,6 +40,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.z_dim = 128  # Noise size.
   c.attention_gamma = 15.0  # Word-region attention sharpness in G.
   c.dtype = 'bfloat16'  # Compute dtype; params stay float32.
+  c.remat = False  # Recompute G/D block activations in backward: less memory.
+  c.g_out_padded_channels = 16  # G's RGB conv computes this many (exact).
 
   # Optimisation.
   c.batch_size = 256  # Global batch per sub-step (real images per D update).
@@ -81,6 +83,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
   c.eval_batch_size = 256  # Global batch of evaluation sampling.
   c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
+  c.fid_stats_dir = ''  # Real-image FID statistics cache; '' = ~/.cache/xmcgan_jax.
   return c
 
 

@@ -5,6 +5,7 @@
       --config.batch_size=512
   python -m xmcgan_jax.main --mode=sample --workdir=/tmp/shapes \
       --captions='a large red circle at the center|a small blue square'
+  python -m xmcgan_jax.main --mode=eval --workdir=/tmp/shapes [--eval_poll]
 
 Every host of a TPU pod or GPU cluster runs the same command; with several
 processes jax.distributed is initialised first (TPU pods, SLURM and
@@ -19,12 +20,21 @@ from absl import logging
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs, samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'],
-                          'train, or sample a PNG grid from the workdir.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'sample', 'eval'],
+    'train; sample a PNG grid from the workdir; or eval its checkpoints '
+    '(FID/IS, Shapes oracle) with the workdir\'s config.json, or --config '
+    'when given.')
 _CAPTIONS = flags.DEFINE_string(
     'captions', '', "--mode=sample: captions separated by '|'.")
 _SEED = flags.DEFINE_integer('seed', 0, '--mode=sample: noise seed.')
 _OUTPUT = flags.DEFINE_string('output', '', '--mode=sample: PNG path.')
+_EVAL_POLL = flags.DEFINE_bool(
+    'eval_poll', False, '--mode=eval: keep evaluating new checkpoints until '
+    'the final step (a job beside training).')
+_EVAL_TIMEOUT = flags.DEFINE_float(
+    'eval_timeout_s', 6 * 3600, '--mode=eval --eval_poll: stop after this '
+    'long without a new checkpoint.')
 _MULTIPROCESS = flags.DEFINE_enum(
     'multiprocess', 'auto', ['auto', 'on', 'off'],
     'Call jax.distributed.initialize(): auto = when the environment shows '
@@ -73,6 +83,14 @@ def main(argv):
                               _SEED.value)
     logging.info('Wrote %s', path)
     print(path)
+    return
+  if _MODE.value == 'eval':
+    from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.run(_WORKDIR.value, flags.FLAGS.config,
+                           poll=_EVAL_POLL.value,
+                           timeout_s=_EVAL_TIMEOUT.value)
+    for result in results:
+      print(result)
     return
   from xmcgan_jax import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)

@@ -11,7 +11,7 @@ captions are tokenized by the pure-Python WordPiece tokenizer.
 
 import json
 import os
-from typing import List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from xmcgan_jax import wordpiece
 from xmcgan_jax.models import text_encoder as text_encoder_lib
 
 CONFIG_FILE = 'config.json'
+_STANDING_BATCH = 64  # Captions (cycled) per standing-statistics forward.
 
 
 def _read(path: str) -> str:
@@ -38,6 +39,17 @@ def _read(path: str) -> str:
       return f.read()
   with open(path, encoding='utf-8') as f:
     return f.read()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run saved as WORKDIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    text = _read(path)
+  except (OSError, IOError) as e:
+    raise FileNotFoundError(f'{path} not found: is {workdir} the --workdir of '
+                            'a training run?') from e
+  return ml_collections.ConfigDict(json.loads(text))
 
 
 class Sampler:
@@ -60,19 +72,22 @@ class Sampler:
     self._standing_cache = (None, None)  # (captions key, statistics).
 
   @classmethod
-  def from_workdir(cls, workdir: str, text_encoder: Optional[str] = None
-                   ) -> 'Sampler':
-    """Loads the newest readable checkpoint of a training workdir.
+  def from_workdir(cls, workdir: str, text_encoder: Optional[str] = None,
+                   step: Optional[int] = None, config=None) -> 'Sampler':
+    """Loads a checkpoint of a training workdir (the newest readable one).
 
     Args:
       workdir: the --workdir of a training run (local or gs://).
       text_encoder: override config.text_encoder (e.g. a local copy).
+      step: load this checkpoint step instead of the newest.
+      config: the run's config; default: WORKDIR/config.json.
 
     Returns:
       The Sampler.
     """
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    config = ml_collections.ConfigDict(json.loads(_read(config_path)))
+    if config is None:
+      config = load_config(workdir)
+    config = ml_collections.ConfigDict(config.to_dict())
     if text_encoder:
       config.text_encoder = text_encoder
     text = text_encoder_lib.load_text_encoder(
@@ -90,7 +105,10 @@ class Sampler:
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
         asynchronous=False)
-    restored = checkpointer.restore_latest(abstract)
+    if step is None:
+      restored = checkpointer.restore_latest(abstract)
+    else:
+      restored = checkpointer.restore(step, abstract)
     checkpointer.close()
     if restored is None:
       raise FileNotFoundError(f'No readable checkpoint under {workdir}/'
@@ -108,14 +126,26 @@ class Sampler:
         (default) or the raw generator with its running statistics.
       batch_size: images per generator call.
     """
+    return np.concatenate(list(self.sample_batches(captions, seed, ema,
+                                                   batch_size)))
+
+  def sample_batches(self, captions: Sequence[str], seed: int = 0,
+                     ema: bool = True, batch_size: int = 64
+                     ) -> Iterator[np.ndarray]:
+    """`sample` as a stream of (<= batch_size, S, S, 3) uint8 batches.
+
+    For many images (evaluation): only one batch is in host memory at a
+    time; the EMA BatchNorm statistics are computed once, from the first
+    64 captions.
+    """
     params = self._state.ema_g_params if ema else self._state.g_params
     ids, mask = self._tokenizer.tokenize(list(captions),
                                          self.config.max_tokens)
     z = np.asarray(generate.noise(seed, len(captions), self.config.z_dim))
     g_state = self._state.g_state
-    if ema:
-      g_state = self.standing_statistics(ids, mask)
-    out: List[np.ndarray] = []
+    if ema:  # From the first captions, whatever the sampling batch size.
+      g_state = self.standing_statistics(ids[:_STANDING_BATCH],
+                                         mask[:_STANDING_BATCH])
     for start in range(0, len(captions), batch_size):
       chunk = slice(start, start + batch_size)
       n = len(ids[chunk])
@@ -123,12 +153,12 @@ class Sampler:
           [x, np.repeat(x[-1:], batch_size - n, 0)]) if n < batch_size else x
       images = self._generate(params, g_state, self._text.params,
                               pad(ids[chunk]), pad(mask[chunk]), pad(z[chunk]))
-      out.append(visualize.to_uint8(np.asarray(images)[:n]))
-    return np.concatenate(out)
+      yield visualize.to_uint8(np.asarray(images)[:n])
 
 
   def standing_statistics(self, ids: np.ndarray, mask: np.ndarray,
-                          batch_size: int = 64, passes: int = 50):
+                          batch_size: int = _STANDING_BATCH,
+                          passes: int = 50):
     """BatchNorm statistics of the EMA weights on these captions.
 
     `passes` train-mode forwards with fresh noise over the captions (cycled

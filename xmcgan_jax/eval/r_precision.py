@@ -7,9 +7,28 @@ scores highest. Any encoder pair works (CLIP, the DAMSM encoders of AttnGAN,
 our Shapes oracle): pass their embeddings.
 """
 
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
+
+
+class ImageTextEncoder(Protocol):
+  """What R-precision needs from a joint image-text embedding model."""
+
+  def embed_images(self, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, D)."""
+
+  def embed_texts(self, captions: Sequence[str]) -> np.ndarray:
+    """N captions -> (N, D)."""
+
+
+def r_precision_of(encoder: ImageTextEncoder, images: np.ndarray,
+                   captions: Sequence[str], num_distractors: int = 99,
+                   seed: int = 0) -> float:
+  """R-precision of generated images (image i from caption i) under an
+  encoder; see `r_precision`."""
+  return r_precision(encoder.embed_images(images),
+                     encoder.embed_texts(captions), num_distractors, seed)
 
 
 def r_precision(image_embeddings: np.ndarray, text_embeddings: np.ndarray,

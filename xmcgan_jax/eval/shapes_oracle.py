@@ -158,6 +158,46 @@ def alignment(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
           'colour_accuracy': float(colour[present].mean())}
 
 
+_OBJECT_CLASSES = len(shapes.SHAPES) * len(shapes.COLOUR_NAMES) * len(
+    shapes.SIZES)
+
+
+def embed_labels(labels: np.ndarray) -> np.ndarray:
+  """(N, 9, 3) cell labels -> (N, 9 * 36) one-hot object-in-cell vectors."""
+  labels = np.asarray(labels)
+  present = labels[..., 0] > 0
+  index = (((labels[..., 0] - 1) * len(shapes.COLOUR_NAMES) + labels[..., 1])
+           * len(shapes.SIZES) + labels[..., 2])
+  out = np.zeros(labels.shape[:2] + (_OBJECT_CLASSES,), np.float32)
+  n, cell = np.nonzero(present)
+  out[n, cell, index[n, cell]] = 1.0
+  return out.reshape(len(labels), -1)
+
+
+class OracleImageTextEncoder:
+  """The oracle as an image-text encoder for R-precision on Shapes.
+
+  Both sides map to the same space: which object (shape, colour, size) sits
+  in which cell, one-hot. An image read back exactly as captioned has cosine
+  similarity 1 with its caption.
+  """
+
+  def __init__(self, oracle: ShapesOracle):
+    self.oracle = oracle
+
+  def embed_images(self, images: np.ndarray) -> np.ndarray:
+    return embed_labels(self.oracle.predict(images)[0])
+
+  def embed_texts(self, captions: Sequence[str]) -> np.ndarray:
+    labels = []
+    for caption in captions:
+      objects = sorted(shapes.parse_caption(caption))
+      labels.append(cell_labels({
+          'size': [o[0] for o in objects], 'colour': [o[1] for o in objects],
+          'shape': [o[2] for o in objects], 'cell': [o[3] for o in objects]}))
+    return embed_labels(np.stack(labels))
+
+
 def evaluate(oracle: ShapesOracle, generated: np.ndarray,
              truth: np.ndarray, real: np.ndarray) -> Dict[str, float]:
   """Alignment of generated images, the real-image ceiling, oracle FD."""

@@ -90,11 +90,13 @@ class Discriminator(nn.Module):
     base_width: df.
     text_dim: E; region features are projected to it.
     dtype: compute dtype (parameters stay float32, logits come out float32).
+    remat: recompute block activations in the backward pass (less memory).
   """
   image_size: int = 128
   base_width: int = 96
   text_dim: int = 768
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, sentence_emb: jax.Array,
@@ -118,8 +120,10 @@ class Discriminator(nn.Module):
     h = OptimizedBlock(df, self.dtype, name='block0')(
         images.astype(self.dtype), train)
     regions = None
+    # static_argnums counts self: (self, x, train).
+    block_cls = nn.remat(DiscBlock, static_argnums=(2,)) if self.remat else DiscBlock
     for i, (mult, down) in enumerate(schedule):
-      h = DiscBlock(mult * df, down, self.dtype, name=f'block{i + 1}')(h, train)
+      h = block_cls(mult * df, down, self.dtype, name=f'block{i + 1}')(h, train)
       if regions is None and h.shape[1] == REGION_SIZE:
         regions = layers.SpectralConv(self.text_dim, 1, self.dtype,
                                       name='region_proj')(h, train)

@@ -29,13 +29,44 @@ def generator_channels(image_size: int) -> Sequence[int]:
   return _SPATIAL_CHANNELS[image_size]
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, name: str,
-          use_bias: bool = False) -> nn.Conv:
+def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
   # Every conv of G but the output conv feeds a BatchNorm, which removes any
   # bias: such a bias has an exactly-zero gradient, and Adam would only turn
-  # its rounding noise into lr-sized random steps. So only out_conv has one.
+  # its rounding noise into lr-sized random steps. So only OutputConv has one.
   return nn.Conv(features, (kernel, kernel), padding='SAME', dtype=dtype,
-                 use_bias=use_bias, kernel_init=layers.kernel_init, name=name)
+                 use_bias=False, kernel_init=layers.kernel_init, name=name)
+
+
+class OutputConv(nn.Module):
+  """The 3x3 conv to RGB, its output channels zero-padded for the hardware.
+
+  A convolution with 3 output channels runs GPU tensor cores at a fraction of
+  their rate (DESIGN.md section 6: 15 TFLOP/s at 256px on an H100). The
+  kernel is padded with zero filters to `padded_channels` outputs and the
+  extra outputs are sliced off: the same result and parameters (a (3, 3, C, 3)
+  kernel and a bias), in a layout cuDNN runs well.
+
+  Attributes:
+    features: real output channels (3).
+    padded_channels: channels the convolution computes (<= features: none).
+    dtype: compute dtype.
+  """
+  features: int = 3
+  padded_channels: int = 16
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', layers.kernel_init,
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    extra = max(0, self.padded_channels - self.features)
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y[..., :self.features] + bias.astype(self.dtype)
 
 
 class GenBlock(nn.Module):
@@ -101,6 +132,9 @@ class Generator(nn.Module):
     attention_gamma: inverse temperature of the word-region attention.
     dtype: compute dtype (parameters stay float32).
     bn_axis_name, bn_group_size: cross-device BatchNorm (see layers.BatchNorm).
+    remat: recompute each block's activations in the backward pass instead
+      of storing them (less memory, about one more forward of compute).
+    out_padded_channels: see OutputConv (3 or less: no padding).
   """
   image_size: int = 128
   base_width: int = 96
@@ -111,6 +145,8 @@ class Generator(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  remat: bool = False
+  out_padded_channels: int = 16
 
   @nn.compact
   def __call__(self, z: jax.Array, sentence_emb: jax.Array, word_emb: jax.Array,
@@ -137,7 +173,9 @@ class Generator(nn.Module):
         raise ValueError(f'Generator input {name} has shape {arr.shape}, '
                          f'expected {expected[name]}.')
     gf = self.base_width
-    block = lambda c, name: GenBlock(c * gf, dtype=self.dtype,
+    # static_argnums counts self: (self, x, cond, train).
+    block_cls = nn.remat(GenBlock, static_argnums=(3,)) if self.remat else GenBlock
+    block = lambda c, name: block_cls(c * gf, dtype=self.dtype,
                                      bn_axis_name=self.bn_axis_name,
                                      bn_group_size=self.bn_group_size, name=name)
     z = z.astype(self.dtype)
@@ -166,5 +204,6 @@ class Generator(nn.Module):
     h = layers.ConditionalBatchNorm(
         h.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name,
         bn_group_size=self.bn_group_size, name='out_cbn')(h, cond_map, train)
-    h = _conv(3, 3, self.dtype, 'out_conv', use_bias=True)(nn.relu(h))
+    h = OutputConv(3, self.out_padded_channels, self.dtype,
+                   name='out_conv')(nn.relu(h))
     return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0
