@@ -1,13 +1,20 @@
 """The Shapes oracle reads real images right and shuffled captions as wrong."""
 
 import numpy as np
+import pytest
 
 from xmcgan_jax.eval import shapes_oracle
 
 
-def test_oracle_accuracy_and_chance(tmp_path):
-  cache = str(tmp_path / 'oracle.msgpack')
-  oracle = shapes_oracle.ShapesOracle.load_or_train(cache)
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """(oracle, its cache file), trained once for the module."""
+  cache = str(tmp_path_factory.mktemp('oracle') / 'oracle.msgpack')
+  return shapes_oracle.ShapesOracle.load_or_train(cache), cache
+
+
+def test_oracle_accuracy_and_chance(trained):
+  oracle, cache = trained
   images, truth, _ = shapes_oracle.validation_set(400)
   predicted, features = oracle.predict(images)
   real = shapes_oracle.alignment(predicted, truth)
@@ -27,11 +34,10 @@ def test_oracle_accuracy_and_chance(tmp_path):
   assert far['generated_object_accuracy'] < 0.2
 
 
-def test_oracle_r_precision_real_and_shuffled(tmp_path):
+def test_oracle_r_precision_real_and_shuffled(trained):
   """The oracle as image-text encoder: real images find their captions."""
   from xmcgan_jax.eval import r_precision  # pylint: disable=g-import-not-at-top
-  oracle = shapes_oracle.ShapesOracle.load_or_train(
-      str(tmp_path / 'oracle.msgpack'), train_examples=2000, steps=600)
+  oracle, _ = trained
   images, truth, captions = shapes_oracle.validation_set(300)
   encoder = shapes_oracle.OracleImageTextEncoder(oracle)
   # Parsed captions embed exactly like the true cell labels.
