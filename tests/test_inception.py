@@ -11,12 +11,10 @@ from xmcgan_jax.eval import inception
 
 
 def _pytorch_fid():
-  """pytorch_fid.inception, or skip (it needs torch and torchvision)."""
-  try:
-    import pytorch_fid.inception as pi  # pylint: disable=g-import-not-at-top
-  except Exception as e:  # torchvision may fail with a RuntimeError too.
-    pytest.skip(f'pytorch-fid unavailable: {e}')
-  return pi
+  """pytorch_fid.inception, or skip when it (or torch/torchvision) is not
+  installed. A broken install (e.g. torchvision built for another torch)
+  fails the test instead of skipping it."""
+  return pytest.importorskip('pytorch_fid.inception')
 
 
 def _random_fid_inception(pi, monkeypatch):

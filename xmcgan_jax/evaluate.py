@@ -159,7 +159,9 @@ class Evaluator:
       self.oracle = shapes_oracle.ShapesOracle.load_or_train(
           os.path.join(workdir, 'shapes_oracle.msgpack'),
           image_size=c.image_size)
-      self.oracle_encoder = shapes_oracle.OracleImageTextEncoder(self.oracle)
+      # Caption embeddings for R-precision: fixed, so computed once.
+      self.caption_embeddings = shapes_oracle.OracleImageTextEncoder(
+          self.oracle).embed_texts(self.captions)
       self.real_oracle = self.oracle.predict(np.concatenate(
           list(real_images())))
     if features is None and c.inception_weights:
@@ -204,7 +206,7 @@ class Evaluator:
         if len(self.captions) > 100:
           out[f'{name}/r_precision'] = r_precision.r_precision(
               shapes_oracle.embed_labels(labels),
-              self.oracle_encoder.embed_texts(self.captions), seed=c.seed)
+              self.caption_embeddings, seed=c.seed)
       if self.inception is not None:
         out[f'{name}/fid'] = fid.frechet_distance(
             *self.real_stats, *fid.statistics(np.concatenate(pools)))
@@ -217,7 +219,7 @@ class Evaluator:
       if len(self.captions) > 100:
         out['real/r_precision'] = r_precision.r_precision(
             shapes_oracle.embed_labels(self.real_oracle[0]),
-            self.oracle_encoder.embed_texts(self.captions), seed=c.seed)
+            self.caption_embeddings, seed=c.seed)
     out['num_images'] = len(self.captions)
     return out
 
@@ -290,12 +292,12 @@ def run(workdir: str, config=None, poll: bool = False,
       writer.flush()
       logging.info('Evaluated step %d: %s', result['step'], result)
       results.append(result)
+      done.add(result['step'])
       waiting_since = time.monotonic()
     elif steps:
       logging.info('Step %d is evaluated already (%s).', steps[-1],
                    os.path.join(eval_dir, RESULTS_JSONL))
-    finished = steps and steps[-1] >= final_step and steps[-1] in set(
-        _done_steps(eval_dir))
+    finished = steps and steps[-1] >= final_step and steps[-1] in done
     if not poll or finished or time.monotonic() - waiting_since > timeout_s:
       break
     time.sleep(poll_interval_s)
