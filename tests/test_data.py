@@ -11,6 +11,7 @@ from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import shapes
 from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.eval import shapes_oracle
 
 WORDS = ('[PAD] [UNK] [CLS] [SEP] [MASK] . , ! a the an image of with and at '
          'in on there is has picture grey background caption').split()
@@ -29,7 +30,9 @@ def tokenizer(tmp_path_factory):
 def _config(**kw):
   c = ml_collections.ConfigDict(dict(
       dataset='shapes', data_dir='', manual_dir='', image_size=64,
-      shapes_train_size=24, shapes_eval_size=10, max_tokens=40, seed=0,
+      shapes_train_size=24, shapes_eval_size=10, shapes_grid=3,
+      shapes_max_objects=3,
+      max_tokens=40, seed=0,
       shuffle_buffer=32, random_flip=True))
   c.update(kw)
   return c
@@ -41,30 +44,50 @@ def shapes_pipeline(tmp_path_factory, tokenizer):
   return pipeline.create_input_pipeline(config, tokenizer)
 
 
-def test_shapes_examples_are_deterministic_and_captions_match_truth():
+@pytest.mark.parametrize('grid,max_objects', [(3, 3), (2, 3), (2, 1)])
+def test_shapes_examples_are_deterministic_and_captions_match_truth(
+    grid, max_objects):
+  cells_seen, counts = set(), set()
   for index in range(40):
-    a = shapes.make_example(0, 'train', index, 64)
-    b = shapes.make_example(0, 'train', index, 64)
+    a = shapes.make_example(0, 'train', index, 64, grid, max_objects)
+    b = shapes.make_example(0, 'train', index, 64, grid, max_objects)
     np.testing.assert_array_equal(a['image'], b['image'])
     assert a['captions'] == b['captions']
     truth = set(zip(a['objects']['size'], a['objects']['colour'],
                     a['objects']['shape'], a['objects']['cell']))
-    assert 1 <= len(truth) <= 3
+    counts.add(len(truth))
     assert len(a['captions']) == 5
     for caption in a['captions']:
       assert shapes.parse_caption(caption) == truth, caption
     # The pixel at each object's cell centre has the object's colour.
     for colour, cell in zip(a['objects']['colour'], a['objects']['cell']):
-      y, x = shapes.cell_centre(cell, 64)
+      y, x = shapes.cell_centre(cell, 64, grid)
       np.testing.assert_array_equal(a['image'][int(y), int(x)],
                                     shapes.COLOURS[colour])
-    empty = set(shapes.CELLS) - set(a['objects']['cell'])
+    cells_seen.update(a['objects']['cell'])
+    empty = set(shapes.grid_cells(grid)) - set(a['objects']['cell'])
     for cell in empty:
-      y, x = shapes.cell_centre(cell, 64)
+      y, x = shapes.cell_centre(cell, 64, grid)
       np.testing.assert_array_equal(a['image'][int(y), int(x)],
                                     shapes.BACKGROUND)
-  other = shapes.make_example(1, 'train', 0, 64)
-  assert other['captions'] != shapes.make_example(0, 'train', 0, 64)['captions']
+    labels = shapes_oracle.cell_labels(a['objects'], grid)
+    assert labels.shape == (grid * grid, 3)
+    assert (labels[:, 0] > 0).sum() == len(truth)
+  assert cells_seen == set(shapes.grid_cells(grid))
+  assert counts == set(range(1, max_objects + 1))
+  other = shapes.make_example(1, 'train', 0, 64, grid, max_objects)
+  assert other['captions'] != shapes.make_example(0, 'train', 0, 64, grid,
+                                                  max_objects)['captions']
+
+
+def test_shapes_grid_errors_name_the_problem():
+  with pytest.raises(ValueError, match='grid=4'):
+    shapes.shapes_config(grid=4)
+  with pytest.raises(ValueError, match=r'max_objects=5 must be in \[1, 4\]'):
+    shapes.shapes_config(grid=2, max_objects=5)
+  with pytest.raises(ValueError, match="'center' is not in the 2x2 grid"):
+    shapes_oracle.cell_labels({'shape': ['circle'], 'colour': ['red'],
+                               'size': ['small'], 'cell': ['center']}, 2)
 
 
 def test_shapes_builder_and_training_batches(shapes_pipeline):
@@ -81,6 +104,20 @@ def test_shapes_builder_and_training_batches(shapes_pipeline):
   assert batch['token_mask'].dtype == bool
   assert (batch['token_ids'][..., 0] == 2).all()  # [CLS]
   assert int(batch['next_position']) == 8
+
+
+def test_shapes_builder_takes_the_grid_and_object_count(tmp_path):
+  builder = pipeline.make_builder(_config(
+      data_dir=str(tmp_path), shapes_train_size=4, shapes_eval_size=3,
+      shapes_grid=2, shapes_max_objects=1))
+  assert builder.builder_config.name == '64px_grid2_max1_4_3_seed0'
+  pipeline.prepare(builder)
+  assert builder.info.features['objects']['cell'].names == list(
+      shapes.grid_cells(2))
+  for ex in tfds.as_numpy(builder.as_dataset(split='validation')):
+    want = shapes.make_example(0, 'validation', int(ex['image/id']), 64, 2, 1)
+    np.testing.assert_array_equal(ex['image'], want['image'])
+    assert len(ex['objects']['cell']) == 1
 
 
 def test_resumed_pipeline_sees_the_same_data(shapes_pipeline):

@@ -157,14 +157,15 @@ def test_parameter_counts_at_paper_widths():
   The reference counts, derived from the 2021 release's layer shapes, are G
   78.5 M / 92.9 M and D 87.9 M / 99.4 M (128 / 256 px). Our G drops the biases
   of the convs that feed a BatchNorm (their gradient is exactly zero), about
-  40 k parameters; D is unchanged.
+  15 k parameters (the stem Dense keeps its bias: reshaped to 4x4 it varies
+  over positions, which BatchNorm does not remove); D is unchanged.
   """
   n128 = count_parameters(128)
   n256 = count_parameters(256)
   assert round(n128['discriminator'] / 1e5) == 879
   assert round(n256['discriminator'] / 1e5) == 994
   for n, ref in ((n128['generator'], 78.51e6), (n256['generator'], 92.87e6)):
-    assert 0 < ref - n < 1e5, n
+    assert 0 < ref - n < 3e4, n
 
 
 def _assert_close_in_norm(a, b, tol=1e-5):

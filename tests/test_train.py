@@ -1,6 +1,7 @@
 """Training loop: end to end, exact resume, SIGTERM, corrupt checkpoints, CLI."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -108,6 +109,8 @@ def test_every_config_loads_and_validates():
     ('image_size', 96, 'image_size=96.*no channel schedule'),
     ('bn_group', 'pod', 'bn_group'),
     ('contrastive_negatives', 'cross', 'contrastive_negatives'),
+    ('shapes_grid', 4, 'shapes_grid=4.*2x2'),
+    ('shapes_max_objects', 0, r'shapes_max_objects=0.*\[1, 9\]'),
 ])
 def test_bad_config_fields_are_named(data_dir, field, value, message):
   config = _tiny(data_dir)
@@ -233,9 +236,16 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
   _, _, workdir = straight_and_resumed
   workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
   shapes_oracle.ShapesOracle.load_or_train(  # A quick oracle, cached.
-      os.path.join(workdir, 'shapes_oracle.msgpack'), train_examples=64,
-      steps=5)
+      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
+      train_examples=64, steps=5)
+  # A run saved before the Shapes layout fields existed: they get defaults.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  del saved['shapes_grid'], saved['shapes_max_objects']
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
   config = sample.load_config(workdir)
+  assert (config.shapes_grid, config.shapes_max_objects) == (3, 3)
   config.fid_stats_dir = str(tmp_path / 'stats')
 
   def features(images):  # Mean colours of 2x2 blocks; 4 "classes".

@@ -25,6 +25,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.manual_dir = ''  # Localized Narratives: JSONL + images (see README).
   c.shapes_train_size = 20_000  # Shapes: generated training examples.
   c.shapes_eval_size = 2_000  # Shapes: generated validation examples.
+  c.shapes_grid = 3  # Shapes: cells per side (3: 3x3 grid, 2: 2x2 grid).
+  c.shapes_max_objects = 3  # Shapes: 1 to this many objects per image.
   c.image_size = 256  # 64, 128 or 256; sets the G/D channel schedules.
   c.max_tokens = 17  # T: word pieces incl. [CLS]/[SEP] (17 COCO, 64 LN).
   c.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples per host).
@@ -103,6 +105,12 @@ def validate(config: ml_collections.ConfigDict,
   if config.image_size not in IMAGE_SIZES:
     bad('image_size', config.image_size,
         f'no channel schedule for this size; choose from {IMAGE_SIZES}.')
+  if config.dataset == 'shapes' and config.shapes_grid not in (2, 3):
+    bad('shapes_grid', config.shapes_grid, 'use 2 (2x2 cells) or 3 (3x3).')
+  if config.dataset == 'shapes' and not (
+      1 <= config.shapes_max_objects <= config.shapes_grid**2):
+    bad('shapes_max_objects', config.shapes_max_objects,
+        f'must be in [1, {config.shapes_grid**2}] (the cells of the grid).')
   if config.max_tokens < 3:
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
   if config.dtype not in ('float32', 'bfloat16'):

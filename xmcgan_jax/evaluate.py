@@ -63,7 +63,8 @@ def eval_set(config, count: int,
   if config.dataset == 'shapes':
     count = min(count, config.shapes_eval_size)
     real, truth, captions = shapes_oracle.validation_set(
-        count, config.image_size)
+        count, config.image_size, grid=config.shapes_grid,
+        max_objects=config.shapes_max_objects)
     return captions, lambda: iter(np.array_split(real, -(-count // 500))), truth
   if tokenizer is None:
     # The pipeline tokenizes for training; only captions and images are used
@@ -157,8 +158,8 @@ class Evaluator:
     self.inception = None
     if c.dataset == 'shapes':
       self.oracle = shapes_oracle.ShapesOracle.load_or_train(
-          os.path.join(workdir, 'shapes_oracle.msgpack'),
-          image_size=c.image_size)
+          os.path.join(workdir, shapes_oracle.oracle_file_name(c.shapes_grid)),
+          image_size=c.image_size, grid=c.shapes_grid)
       # Caption embeddings for R-precision: fixed, so computed once.
       self.caption_embeddings = shapes_oracle.OracleImageTextEncoder(
           self.oracle).embed_texts(self.captions)

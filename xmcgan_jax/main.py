@@ -4,7 +4,7 @@
   python -m xmcgan_jax.main --config=configs/coco.py --workdir=gs://b/coco \
       --config.batch_size=512
   python -m xmcgan_jax.main --mode=sample --workdir=/tmp/shapes \
-      --captions='a large red circle at the center|a small blue square'
+      --captions='a large red circle at the top left|a small blue square in the bottom right'
   python -m xmcgan_jax.main --mode=eval --workdir=/tmp/shapes [--eval_poll]
 
 Every host of a TPU pod or GPU cluster runs the same command; with several

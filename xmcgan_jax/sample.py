@@ -2,7 +2,7 @@
 
   from xmcgan_jax import sample
   sampler = sample.Sampler.from_workdir('workdirs/shapes')
-  images = sampler.sample(['a large red circle at the center'], seed=0)
+  images = sampler.sample(['a large red circle at the top left'], seed=0)
 
 Works on CPU, GPU and TPU and needs no TensorFlow: the config comes from the
 run's config.json, the weights from its newest readable Orbax checkpoint,
@@ -13,6 +13,7 @@ import json
 import os
 from typing import Iterator, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +22,7 @@ from jax.sharding import NamedSharding
 
 from xmcgan_jax import builders
 from xmcgan_jax import checkpointing
+from xmcgan_jax import config_base
 from xmcgan_jax import generate
 from xmcgan_jax import parallel
 from xmcgan_jax import train_step as train_step_lib
@@ -49,7 +51,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   except (OSError, IOError) as e:
     raise FileNotFoundError(f'{path} not found: is {workdir} the --workdir of '
                             'a training run?') from e
-  return ml_collections.ConfigDict(json.loads(text))
+  config = ml_collections.ConfigDict(json.loads(text))
+  # Runs saved before a field existed ran with its default behaviour (every
+  # field added so far defaults to what the code did before it): fill it in.
+  with config.unlocked():
+    for key, value in config_base.get_base_config().items():
+      if key not in config:
+        logging.info('%s has no %r; using the default %r.', path, key, value)
+        config[key] = value
+  return config
 
 
 class Sampler:

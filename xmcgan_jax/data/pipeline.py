@@ -55,7 +55,9 @@ def make_builder(config) -> tfds.core.DatasetBuilder:
   if config.dataset == 'shapes':
     shapes_config = shapes.shapes_config(config.image_size,
                                          config.shapes_train_size,
-                                         config.shapes_eval_size)
+                                         config.shapes_eval_size,
+                                         grid=config.shapes_grid,
+                                         max_objects=config.shapes_max_objects)
     # TFDS wants a predefined config by name, a custom one as an object.
     predefined = [c.name for c in shapes.Shapes.BUILDER_CONFIGS]
     if shapes_config.name in predefined:

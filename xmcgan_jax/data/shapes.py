@@ -1,11 +1,12 @@
 """Shapes: the embedded default dataset, generated locally by a TFDS builder.
 
-Each image holds 1-3 flat-coloured shapes (circle, square, triangle; six
-colours; two sizes) in distinct cells of a 3x3 grid on a grey background, with
-5 template captions that name every object's size, colour, shape and cell in
-varied wording and order. The ground-truth objects are stored as features, so
-generated images can be checked against their captions (eval/shapes_oracle).
-Everything is a deterministic function of (seed, split, index).
+Each image holds 1 to max_objects (3) flat-coloured shapes (circle, square,
+triangle; six colours; two sizes) in distinct cells of a 3x3 (or 2x2) grid on
+a grey background, with 5 template captions that name every object's size,
+colour, shape and cell in varied wording and order. The ground-truth objects
+are stored as features, so generated images can be checked against their
+captions (eval/shapes_oracle). Everything is a deterministic function of
+(seed, split, index, grid, max_objects).
 """
 
 import dataclasses
@@ -23,8 +24,12 @@ COLOURS = {
 }
 COLOUR_NAMES = tuple(COLOURS)
 SIZES = ('small', 'large')
-CELLS = ('top left', 'top middle', 'top right', 'middle left', 'center',
-         'middle right', 'bottom left', 'bottom middle', 'bottom right')
+# Cell names in row-major order, per grid side.
+GRID_CELLS = {
+    2: ('top left', 'top right', 'bottom left', 'bottom right'),
+    3: ('top left', 'top middle', 'top right', 'middle left', 'center',
+        'middle right', 'bottom left', 'bottom middle', 'bottom right'),
+}
 BACKGROUND = (200, 200, 200)
 # Radius of the shape as a fraction of the cell side, per size.
 _RADIUS = {'small': 0.22, 'large': 0.42}
@@ -34,32 +39,47 @@ _SPLIT_IDS = {'train': 0, 'validation': 1}
 Object = Dict[str, str]  # {'shape', 'colour', 'size', 'cell'}
 
 
-def sample_objects(rng: np.random.Generator) -> List[Object]:
-  """1-3 objects in distinct cells."""
-  n = int(rng.integers(1, 4))
-  cells = rng.choice(len(CELLS), size=n, replace=False)
+def grid_cells(grid: int) -> Tuple[str, ...]:
+  """The cell names of a `grid` x `grid` layout; raises if unsupported."""
+  if grid not in GRID_CELLS:
+    raise ValueError(f'Shapes grid={grid} is not supported; use one of '
+                     f'{sorted(GRID_CELLS)}.')
+  return GRID_CELLS[grid]
+
+
+def sample_objects(rng: np.random.Generator, grid: int = 3,
+                   max_objects: int = 3) -> List[Object]:
+  """1 to `max_objects` objects in distinct cells."""
+  cell_names = grid_cells(grid)
+  n = int(rng.integers(1, max_objects + 1))
+  cells = rng.choice(len(cell_names), size=n, replace=False)
   return [{'shape': SHAPES[rng.integers(len(SHAPES))],
            'colour': COLOUR_NAMES[rng.integers(len(COLOURS))],
            'size': SIZES[rng.integers(len(SIZES))],
-           'cell': CELLS[c]} for c in cells]
+           'cell': cell_names[c]} for c in cells]
 
 
-def cell_centre(cell: str, image_size: int) -> Tuple[float, float]:
+def cell_centre(cell: str, image_size: int, grid: int = 3
+                ) -> Tuple[float, float]:
   """(y, x) pixel centre of a grid cell."""
-  index = CELLS.index(cell)
-  side = image_size / 3
-  return (index // 3 + 0.5) * side, (index % 3 + 0.5) * side
+  index = grid_cells(grid).index(cell)
+  side = image_size / grid
+  return (index // grid + 0.5) * side, (index % grid + 0.5) * side
 
 
 def render(objects: Sequence[Object], image_size: int,
-           rng: np.random.Generator) -> np.ndarray:
-  """Draws the objects; returns (S, S, 3) uint8."""
+           rng: np.random.Generator, grid: int = 3) -> np.ndarray:
+  """Draws the objects; returns (S, S, 3) uint8.
+
+  Sizes and jitter are fractions of the cell side, so a 2x2 grid draws
+  larger shapes than a 3x3 one at the same image size.
+  """
   image = np.empty((image_size, image_size, 3), np.uint8)
   image[...] = BACKGROUND
   yy, xx = np.mgrid[0:image_size, 0:image_size] + 0.5
-  side = image_size / 3
+  side = image_size / grid
   for obj in objects:
-    cy, cx = cell_centre(obj['cell'], image_size)
+    cy, cx = cell_centre(obj['cell'], image_size, grid)
     cy += rng.uniform(-_JITTER, _JITTER) * side
     cx += rng.uniform(-_JITTER, _JITTER) * side
     r = _RADIUS[obj['size']] * side
@@ -105,14 +125,16 @@ def make_captions(objects: Sequence[Object], rng: np.random.Generator,
 
 
 _ALT = lambda names: '(' + '|'.join(sorted(names, key=len, reverse=True)) + ')'
+# Every grid's cell names (2x2 names are a subset of 3x3's).
+_CELLS = tuple(sorted(set().union(*GRID_CELLS.values())))
 _PARSERS = (
     (re.compile(rf'{_ALT(SIZES)} {_ALT(COLOUR_NAMES)} {_ALT(SHAPES)} '
-                rf'(?:at|in) the {_ALT(CELLS)}'),
+                rf'(?:at|in) the {_ALT(_CELLS)}'),
      ('size', 'colour', 'shape', 'cell')),
     (re.compile(rf'{_ALT(SIZES)} {_ALT(SHAPES)} in {_ALT(COLOUR_NAMES)} '
-                rf'(?:at|in) the {_ALT(CELLS)}'),
+                rf'(?:at|in) the {_ALT(_CELLS)}'),
      ('size', 'shape', 'colour', 'cell')),
-    (re.compile(rf'the {_ALT(CELLS)} has a {_ALT(SIZES)} {_ALT(COLOUR_NAMES)} '
+    (re.compile(rf'the {_ALT(_CELLS)} has a {_ALT(SIZES)} {_ALT(COLOUR_NAMES)} '
                 rf'{_ALT(SHAPES)}'),
      ('cell', 'size', 'colour', 'shape')),
 )
@@ -128,13 +150,13 @@ def parse_caption(caption: str) -> Set[Tuple[str, str, str, str]]:
   return found
 
 
-def make_example(seed: int, split: str, index: int, image_size: int
-                 ) -> Dict[str, object]:
+def make_example(seed: int, split: str, index: int, image_size: int,
+                 grid: int = 3, max_objects: int = 3) -> Dict[str, object]:
   """The example `index` of `split`: image, captions and objects."""
   rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-  objects = sample_objects(rng)
+  objects = sample_objects(rng, grid, max_objects)
   return {
-      'image': render(objects, image_size, rng),
+      'image': render(objects, image_size, rng, grid),
       'captions': make_captions(objects, rng),
       'objects': {k: [o[k] for o in objects]
                   for k in ('shape', 'colour', 'size', 'cell')},
@@ -144,28 +166,38 @@ def make_example(seed: int, split: str, index: int, image_size: int
 
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
-  """Image size, split sizes and seed of a generated Shapes dataset."""
+  """Image size, layout, split sizes and seed of a generated Shapes dataset."""
   image_size: int = 64
+  grid: int = 3
+  max_objects: int = 3
   train_size: int = 20_000
   eval_size: int = 2_000
   seed: int = 0
 
 
 def shapes_config(image_size: int = 64, train_size: int = 20_000,
-                  eval_size: int = 2_000, seed: int = 0) -> ShapesConfig:
+                  eval_size: int = 2_000, seed: int = 0,
+                  grid: int = 3, max_objects: int = 3) -> ShapesConfig:
   """A ShapesConfig whose name encodes its parameters (one cache each)."""
+  grid_cells(grid)  # Validates.
+  if not 1 <= max_objects <= grid * grid:
+    raise ValueError(f'Shapes max_objects={max_objects} must be in '
+                     f'[1, {grid * grid}] for a {grid}x{grid} grid.')
   return ShapesConfig(
-      name=f'{image_size}px_{train_size}_{eval_size}_seed{seed}',
-      image_size=image_size, train_size=train_size, eval_size=eval_size,
-      seed=seed)
+      name=(f'{image_size}px_grid{grid}_max{max_objects}_{train_size}_'
+            f'{eval_size}_seed{seed}'),
+      image_size=image_size, grid=grid, max_objects=max_objects,
+      train_size=train_size, eval_size=eval_size, seed=seed)
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
-  """Captioned coloured shapes on a 3x3 grid (see module docstring)."""
+  """Captioned coloured shapes on a grid (see module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [shapes_config()]
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Grid (2x2 or 3x3) and object count in the config.'}
+  # The embedded default (configs/shapes.py) and the full 3x3 task.
+  BUILDER_CONFIGS = [shapes_config(grid=2, max_objects=1), shapes_config()]
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -181,7 +213,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                 'shape': tfds.features.ClassLabel(names=SHAPES),
                 'colour': tfds.features.ClassLabel(names=COLOUR_NAMES),
                 'size': tfds.features.ClassLabel(names=SIZES),
-                'cell': tfds.features.ClassLabel(names=CELLS),
+                'cell': tfds.features.ClassLabel(
+                    names=grid_cells(self.builder_config.grid)),
             }),
         }),
     )
@@ -195,4 +228,5 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
     for index in range(count):
-      yield index, make_example(c.seed, split, index, c.image_size)
+      yield index, make_example(c.seed, split, index, c.image_size, c.grid,
+                                c.max_objects)

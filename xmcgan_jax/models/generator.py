@@ -185,9 +185,12 @@ class Generator(nn.Module):
     g = jnp.concatenate([sentence, z], axis=-1)  # (B, 2 z_dim)
 
     # Only z feeds the stem; the text enters through the modulated norms.
-    h = nn.Dense(4 * 4 * _STEM_CHANNELS * gf, use_bias=False,  # BN follows.
-                 kernel_init=layers.kernel_init, dtype=self.dtype,
-                 name='stem')(z)
+    # The stem keeps its bias (as the 2021 release's Dense does): reshaped to
+    # (4, 4, C) it is a learned map per position and channel, which the next
+    # BatchNorm does not remove (BN subtracts one mean per channel): a source
+    # of absolute position besides zero padding.
+    h = nn.Dense(4 * 4 * _STEM_CHANNELS * gf, kernel_init=layers.kernel_init,
+                 dtype=self.dtype, name='stem')(z)
     h = h.reshape(b, 4, 4, _STEM_CHANNELS * gf)
     for i, c in enumerate(_GLOBAL_BLOCK_CHANNELS):
       h = block(c, f'block{i}')(h, g, train)
