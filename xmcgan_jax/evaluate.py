@@ -279,11 +279,12 @@ def run(workdir: str, config=None, poll: bool = False,
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, 'checkpoints'), asynchronous=False)
   results, waiting_since = [], time.monotonic()
+  # Read once: this job is the only writer of results.jsonl while it runs.
+  done = set(_done_steps(eval_dir))
   while True:
     steps = checkpointer.all_steps()
     if not steps and not poll:
       raise FileNotFoundError(f'No checkpoint under {workdir}/checkpoints.')
-    done = set(_done_steps(eval_dir))
     if steps and steps[-1] not in done:
       # The newest only: an eval job that falls behind skips to the present.
       result = evaluator.evaluate(steps[-1])
