@@ -27,10 +27,17 @@ def get_config():
   c.max_tokens = 16
   c.shuffle_buffer = 20_000  # The whole split.
   c.random_flip = False  # Captions name left and right cells.
+  # Batches of 4 images and their mirrors, left/right swapped in the
+  # caption: without such pairs D tells captions apart by colour alone and
+  # G never learns sides (README, "What it gives here").
+  c.mirror_pairs = True
   c.text_encoder = 'all-MiniLM-L6-v2'  # Offline package, E = 384.
   c.g_width = 8  # gf: G's widest block has 16 gf = 128 channels.
   c.d_width = 8  # df.
   c.z_dim = 32  # Noise size.
+  # The caption also feeds G's 4x4 stem, so the layout is a linear function
+  # of it (paper: z only; there a short run learned one position bit).
+  c.g_stem_text = True
   c.dtype = 'float32'  # CPUs gain nothing from bf16.
   # Global batch per sub-step. The word-region loss costs O(batch^2): on 2
   # cores batch 8 runs 2.6x the steps/s of batch 16 (1.25x the images/s),

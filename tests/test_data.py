@@ -1,9 +1,11 @@
 """Datasets and the tf.data pipeline on small data in the real formats."""
 
+import dataclasses
 
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests import fake_data
@@ -33,7 +35,7 @@ def _config(**kw):
       shapes_train_size=24, shapes_eval_size=10, shapes_grid=3,
       shapes_max_objects=3,
       max_tokens=40, seed=0,
-      shuffle_buffer=32, random_flip=True))
+      shuffle_buffer=32, random_flip=True, mirror_pairs=False))
   c.update(kw)
   return c
 
@@ -134,6 +136,39 @@ def test_resumed_pipeline_sees_the_same_data(shapes_pipeline):
   first = np.concatenate([b['token_ids'][0] for b in straight[:6]])[:24]
   second = np.concatenate([b['token_ids'][0] for b in straight[6:]])
   assert not np.array_equal(first[:12], second[:12])
+
+
+def test_mirror_pairs_swap_sides_in_image_and_caption(shapes_pipeline,
+                                                      tokenizer):
+  # The mirror of a Shapes image is the image its swapped caption describes.
+  for index in range(12):
+    ex = shapes.make_example(0, 'train', index, 64)
+    mirror = ex['image'][:, ::-1]
+    for caption in pipeline.swap_left_right(ex['captions']).numpy():
+      for _, colour, _, cell in shapes.parse_caption(caption.decode()):
+        y, x = shapes.cell_centre(cell, 64)
+        np.testing.assert_array_equal(mirror[int(y), int(x)],
+                                      shapes.COLOURS[colour])
+  assert pipeline.swap_left_right(tf.constant(
+      'Left of the top left, upright leftmost right')).numpy() == (
+          b'Right of the top right, upright leftmost left')
+
+  paired = dataclasses.replace(shapes_pipeline, mirror_pairs=True,
+                               random_flip=False)
+  straight = pipeline.as_numpy(paired.train_dataset(4, 2))
+  batches = [next(straight) for _ in range(4)]
+  left, right = (VOCAB_WORDS.index(w) for w in ('left', 'right'))
+  for batch in batches:
+    images, ids = batch['image'], batch['token_ids']
+    np.testing.assert_array_equal(images[:, 1::2], images[:, 0::2, :, ::-1])
+    swapped = np.where(ids[:, 0::2] == left, right,
+                       np.where(ids[:, 0::2] == right, left, ids[:, 0::2]))
+    np.testing.assert_array_equal(ids[:, 1::2], swapped)
+  assert [int(b['next_position']) for b in batches] == [4, 8, 12, 16]
+  resumed = next(pipeline.as_numpy(paired.train_dataset(4, 2, 8)))
+  np.testing.assert_array_equal(resumed['image'], batches[2]['image'])
+  with pytest.raises(ValueError, match='even per-process batch'):
+    paired.train_dataset(3, 1)
 
 
 def test_two_processes_get_disjoint_shards_covering_the_split(

@@ -66,6 +66,26 @@ def test_bad_sizes_and_inputs_are_named():
               max_tokens=T + 1).init(jax.random.key(0), z, s, w, m)
 
 
+def test_stem_sees_the_caption_only_with_stem_text():
+  z, s, w, m = _text(2)
+  other_s = s[::-1].copy()
+  for stem_text in (False, True):
+    g = Generator(image_size=64, base_width=2, z_dim=Z, text_dim=E,
+                  max_tokens=T, stem_text=stem_text)
+    g_vars = jax.jit(g.init)(jax.random.key(0), z, s, w, m)
+    assert g_vars['params']['stem']['kernel'].shape[0] == (
+        2 * Z if stem_text else Z)
+
+    @jax.jit
+    def stem_out(sentence):
+      _, state = g.apply(g_vars, z, sentence, w, m, train=False,
+                         capture_intermediates=lambda mdl, _: mdl.name == 'stem')
+      return state['intermediates']['stem']['__call__'][0]
+
+    changed = not np.allclose(stem_out(s), stem_out(other_s))
+    assert changed == stem_text
+
+
 def test_local_cbn_rewrite_equals_naive_full_resolution():
   """gamma/beta at 16x16 then upsampled == 1x1 convs of the upsampled map."""
   rng = np.random.default_rng(0)

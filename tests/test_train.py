@@ -121,6 +121,12 @@ def test_bad_config_fields_are_named(data_dir, field, value, message):
     train.train_and_evaluate(config, '/nonexistent/never/written')
 
 
+def test_mirror_pairs_need_an_even_batch(data_dir):
+  config = _tiny(data_dir, mirror_pairs=True, batch_size=9)
+  with pytest.raises(ValueError, match='batch_size=9.*mirror_pairs'):
+    config_base.validate(config, num_devices=1)
+
+
 def test_missing_weights_fail_before_compiling(data_dir, tmp_path):
   config = _tiny(data_dir, text_encoder=str(tmp_path / 'no_such_bert'))
   with pytest.raises(FileNotFoundError, match='no_such_bert'):

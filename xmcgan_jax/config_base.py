@@ -31,6 +31,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.max_tokens = 17  # T: word pieces incl. [CLS]/[SEP] (17 COCO, 64 LN).
   c.shuffle_buffer = 10_000  # tf.data shuffle buffer (examples per host).
   c.random_flip = True  # Train-time flips; off where captions say left/right.
+  # Each training example followed by its mirror, 'left'/'right' swapped in
+  # the caption: batches of pairs that differ only in side (needs an even
+  # batch; halves the records per batch).
+  c.mirror_pairs = False
 
   # Text encoder (frozen BERT family, run inside the train step).
   c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.
@@ -44,6 +48,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dtype = 'bfloat16'  # Compute dtype; params stay float32.
   c.remat = False  # Recompute G/D block activations in backward: less memory.
   c.g_out_padded_channels = 16  # G's RGB conv computes this many (exact).
+  c.g_stem_text = False  # G's stem sees [sentence, z], not z alone (paper).
 
   # Optimisation.
   c.batch_size = 256  # Global batch per sub-step (real images per D update).
@@ -132,6 +137,9 @@ def validate(config: ml_collections.ConfigDict,
         'splits evenly over devices; the step takes d_steps_per_g_step='
         f'{config.d_steps_per_g_step} of them, '
         f'{config.batch_size * config.d_steps_per_g_step} images).')
+  if config.mirror_pairs and config.batch_size % 2:
+    bad('batch_size', config.batch_size,
+        'mirror_pairs=True needs an even batch (examples come in pairs).')
   bn = config.bn_group
   if not (bn in ('device', 'global') or (isinstance(bn, int) and bn > 0)):
     bad('bn_group', bn, "use 'device', 'global' or a positive int.")

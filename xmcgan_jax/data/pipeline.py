@@ -3,7 +3,9 @@
 Train: this process's share of the split (tfds.split_for_jax_process), one
 seeded shuffle per epoch over the still-encoded records, then per example:
 decode, one random caption, skip-and-count of undecodable images and empty
-captions, bilinear antialiased resize, random horizontal flip, tokenization.
+captions, bilinear antialiased resize, random horizontal flip, tokenization;
+optionally each example followed by its mirror image with 'left' and 'right'
+swapped in its caption (`mirror_pairs`).
 Batches are (d_steps, per_process_batch, ...) numpy arrays ready for
 parallel.shard_batch. Every random choice is a stateless function of (seed,
 record position), and the record position is carried in each batch, so a run
@@ -47,6 +49,26 @@ DATASETS = {
     'ln_openimages': DatasetSpec('train', 'validation',
                                  lambda ex: tf.reshape(ex['caption'], [1])),
 }
+
+
+def swap_left_right(captions: tf.Tensor) -> tf.Tensor:
+  """Captions of the mirror images: whole words left <-> right swapped.
+
+  Lower-case and capitalised forms are swapped ('Left' -> 'Right'); other
+  side words ('west', 'leftmost') are not.
+
+  Args:
+    captions: tf.string tensor of any shape.
+
+  Returns:
+    The swapped captions, same shape.
+  """
+  placeholder = '\x01'  # A control character: BERT tokenizers drop them.
+  for left, right in (('left', 'right'), ('Left', 'Right')):
+    captions = tf.strings.regex_replace(captions, rf'\b{left}\b', placeholder)
+    captions = tf.strings.regex_replace(captions, rf'\b{right}\b', left)
+    captions = tf.strings.regex_replace(captions, placeholder, right)
+  return captions
 
 
 def make_builder(config) -> tfds.core.DatasetBuilder:
@@ -143,6 +165,12 @@ class InputPipeline:
     shuffle_buffer: examples in the shuffle buffer.
     random_flip: flip training images horizontally at random (wrong for
       captions that name left and right, as Shapes').
+    mirror_pairs: follow every training example by its horizontal mirror,
+      captioned with 'left' and 'right' swapped (swap_left_right). Batches
+      then hold pairs that differ only in side: contrastive negatives that
+      make D and G tell left from right, which random pairs of captions
+      rarely demand (README, "What it gives here"). Batches consume half as
+      many records.
   """
   builder: tfds.core.DatasetBuilder
   spec: DatasetSpec
@@ -154,6 +182,7 @@ class InputPipeline:
   process_count: int = 1
   shuffle_buffer: int = 10_000
   random_flip: bool = True
+  mirror_pairs: bool = False
 
   def __post_init__(self):
     self.skipped = SkipCounter()
@@ -201,6 +230,19 @@ class InputPipeline:
             'caption': caption, 'position': position,
             'ok_image': ok_image, 'ok_caption': ok_caption}
 
+  def _with_mirror(self, example):
+    """The example and its mirror (left/right swapped), stacked on axis 0."""
+    caption = swap_left_right(example['caption'])
+    ids, mask = self.tokenizer.tokenize(caption, self.max_tokens)
+    pair = lambda a, b: tf.stack([a, b])
+    return {'image': pair(example['image'],
+                          tf.image.flip_left_right(example['image'])),
+            'token_ids': pair(example['token_ids'], ids),
+            'token_mask': pair(example['token_mask'], mask),
+            'caption': pair(example['caption'], caption),
+            # Both come from one record: resuming stays record-exact.
+            'position': pair(example['position'], example['position'])}
+
   def _keep(self, example) -> tf.Tensor:
     """Filter predicate; counts empty captions (images count at decode)."""
     def count(ok_image, ok_caption):
@@ -247,6 +289,13 @@ class InputPipeline:
     ds = ds.map(lambda p, ex: self._prepare(p, ex, train=True),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(self._keep)
+    if self.mirror_pairs:
+      if per_process_batch % 2:
+        raise ValueError(f'mirror_pairs needs an even per-process batch, got '
+                         f'{per_process_batch}.')
+      # An even batch never splits a pair, so every batch ends on a record.
+      ds = ds.map(self._with_mirror, num_parallel_calls=AUTOTUNE,
+                  deterministic=True).unbatch()
     ds = ds.batch(per_process_batch * d_steps, drop_remainder=True)
 
     def to_steps(batch):
@@ -321,7 +370,7 @@ def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
       image_size=config.image_size, max_tokens=config.max_tokens,
       seed=config.seed, process_index=process_index,
       process_count=process_count, shuffle_buffer=config.shuffle_buffer,
-      random_flip=config.random_flip)
+      random_flip=config.random_flip, mirror_pairs=config.mirror_pairs)
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:

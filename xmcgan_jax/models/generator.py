@@ -135,6 +135,8 @@ class Generator(nn.Module):
     remat: recompute each block's activations in the backward pass instead
       of storing them (less memory, about one more forward of compute).
     out_padded_channels: see OutputConv (3 or less: no padding).
+    stem_text: feed the stem [projected sentence, z] instead of z alone (a
+      deviation from the paper; see `__call__`).
   """
   image_size: int = 128
   base_width: int = 96
@@ -147,6 +149,7 @@ class Generator(nn.Module):
   bn_group_size: Optional[int] = None
   remat: bool = False
   out_padded_channels: int = 16
+  stem_text: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, sentence_emb: jax.Array, word_emb: jax.Array,
@@ -184,13 +187,17 @@ class Generator(nn.Module):
                             sentence_emb.astype(self.dtype))
     g = jnp.concatenate([sentence, z], axis=-1)  # (B, 2 z_dim)
 
-    # Only z feeds the stem; the text enters through the modulated norms.
+    # Only z feeds the stem (paper); the text enters through the modulated
+    # norms, which scale and shift whole channels: a caption can move an
+    # object only by gating channels whose position pattern suits it. With
+    # stem_text the 4x4 layout is a linear function of the caption as well,
+    # which a short run learns (README, "What it gives here").
     # The stem keeps its bias (as the 2021 release's Dense does): reshaped to
     # (4, 4, C) it is a learned map per position and channel, which the next
     # BatchNorm does not remove (BN subtracts one mean per channel): a source
     # of absolute position besides zero padding.
     h = nn.Dense(4 * 4 * _STEM_CHANNELS * gf, kernel_init=layers.kernel_init,
-                 dtype=self.dtype, name='stem')(z)
+                 dtype=self.dtype, name='stem')(g if self.stem_text else z)
     h = h.reshape(b, 4, 4, _STEM_CHANNELS * gf)
     for i, c in enumerate(_GLOBAL_BLOCK_CHANNELS):
       h = block(c, f'block{i}')(h, g, train)
