@@ -256,35 +256,3 @@ def validation_set(count: int, image_size: int = 64, seed: int = 0,
 def oracle_file_name(grid: int) -> str:
   """The oracle's cache file in a workdir (one per grid: shapes differ)."""
   return f'shapes_oracle_grid{grid}.msgpack'
-
-
-def evaluate_workdir(workdir: str, count: int = 1000, seed: int = 0
-                     ) -> Dict[str, float]:
-  """Oracle metrics of a Shapes run's raw and EMA generators.
-
-  Generates one image per validation caption (the first of each example),
-  with the oracle cached in WORKDIR (see `oracle_file_name`).
-  """
-  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
-  sampler = sample.Sampler.from_workdir(workdir)
-  size, grid = sampler.config.image_size, sampler.config.shapes_grid
-  oracle = ShapesOracle.load_or_train(
-      os.path.join(workdir, oracle_file_name(grid)), image_size=size,
-      grid=grid)
-  real, truth, captions = validation_set(
-      count, size, grid=grid, max_objects=sampler.config.shapes_max_objects)
-  out = {'step': sampler.step}
-  for name, ema in (('raw', False), ('ema', True)):
-    images = sampler.sample(captions, seed=seed, ema=ema)
-    for k, v in evaluate(oracle, images, truth, real).items():
-      if k.startswith('real_'):
-        out[k] = v
-      else:
-        out[f'{name}_{k}'] = v
-  return out
-
-
-if __name__ == '__main__':
-  import json  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  print(json.dumps(evaluate_workdir(sys.argv[1]), indent=1))
