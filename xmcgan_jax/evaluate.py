@@ -163,8 +163,9 @@ class Evaluator:
       # Caption embeddings for R-precision: fixed, so computed once.
       self.caption_embeddings = shapes_oracle.OracleImageTextEncoder(
           self.oracle).embed_texts(self.captions)
-      self.real_oracle = self.oracle.predict(np.concatenate(
-          list(real_images())))
+      self.real_oracle_labels, real_features = self.oracle.predict(
+          np.concatenate(list(real_images())))
+      self.real_oracle_stats = fid.statistics(real_features)
     if features is None and c.inception_weights:
       features = inception.InceptionFeatures.from_npz(c.inception_weights,
                                                       c.eval_batch_size)
@@ -199,11 +200,10 @@ class Evaluator:
           probs.append(prob)
       if self.oracle is not None:
         labels = np.concatenate(labels)
-        for k, v in shapes_oracle.alignment(labels, self.truth).items():
+        for k, v in shapes_oracle.generated_metrics(
+            labels, np.concatenate(oracle_features), self.truth,
+            self.real_oracle_stats).items():
           out[f'{name}/oracle_{k}'] = v
-        out[f'{name}/oracle_frechet_distance'] = fid.frechet_distance(
-            *fid.statistics(self.real_oracle[1]),
-            *fid.statistics(np.concatenate(oracle_features)))
         if len(self.captions) > 100:
           out[f'{name}/r_precision'] = r_precision.r_precision(
               shapes_oracle.embed_labels(labels),
@@ -214,12 +214,12 @@ class Evaluator:
         out[f'{name}/inception_score'], out[f'{name}/inception_score_std'] = (
             fid.inception_score(np.concatenate(probs)))
     if self.oracle is not None:  # The ceilings, from the real images.
-      for k, v in shapes_oracle.alignment(self.real_oracle[0],
+      for k, v in shapes_oracle.alignment(self.real_oracle_labels,
                                           self.truth).items():
         out[f'real/oracle_{k}'] = v
       if len(self.captions) > 100:
         out['real/r_precision'] = r_precision.r_precision(
-            shapes_oracle.embed_labels(self.real_oracle[0]),
+            shapes_oracle.embed_labels(self.real_oracle_labels),
             self.caption_embeddings, seed=c.seed)
     out['num_images'] = len(self.captions)
     return out

@@ -71,16 +71,6 @@ def cell_labels(objects: Dict[str, Sequence[str]], grid: int = 3
   return labels
 
 
-def _examples(split: str, count: int, image_size: int, seed: int = 0,
-              grid: int = 3) -> Tuple[np.ndarray, np.ndarray]:
-  images, labels = [], []
-  for i in range(count):
-    ex = shapes.make_example(seed, split, i, image_size, grid)
-    images.append(ex['image'])
-    labels.append(cell_labels(ex['objects'], grid))
-  return np.stack(images).astype(np.float32) / 255.0, np.stack(labels)
-
-
 class ShapesOracle:
   """A trained oracle; use ShapesOracle.load_or_train."""
 
@@ -118,8 +108,10 @@ class ShapesOracle:
       with open(cache_path, 'rb') as f:
         params = flax.serialization.from_bytes(template['params'], f.read())
       return cls(params, grid)
-    images, labels = _examples('train', train_examples, image_size, seed,
-                               grid)
+    # 1-3 objects whatever the run's max_objects: every cell sees shapes.
+    images, labels, _ = generated_set('train', train_examples, image_size,
+                                      seed, grid)
+    images = images.astype(np.float32) / 255.0
     tx = optax.adam(2e-3)
     params = template['params']
     opt_state = tx.init(params)
@@ -227,30 +219,58 @@ class OracleImageTextEncoder:
     return embed_labels(np.stack(labels))
 
 
+def generated_metrics(labels: np.ndarray, features: np.ndarray,
+                      truth: np.ndarray,
+                      real_stats: Tuple[np.ndarray, np.ndarray]
+                      ) -> Dict[str, float]:
+  """Alignment of generated images and their oracle Frechet distance.
+
+  Args:
+    labels, features: the oracle's predictions on the generated images.
+    truth: (N, cells, 3) labels of their captions.
+    real_stats: fid.statistics of the oracle features of real images.
+
+  Returns:
+    `alignment`'s fractions and frechet_distance.
+  """
+  out = alignment(labels, truth)
+  out['frechet_distance'] = fid.frechet_distance(*real_stats,
+                                                 *fid.statistics(features))
+  return out
+
+
 def evaluate(oracle: ShapesOracle, generated: np.ndarray,
              truth: np.ndarray, real: np.ndarray) -> Dict[str, float]:
   """Alignment of generated images, the real-image ceiling, oracle FD."""
-  gen_labels, gen_features = oracle.predict(generated)
   real_labels, real_features = oracle.predict(real)
-  out = {f'generated_{k}': v for k, v in alignment(gen_labels, truth).items()}
+  metrics = generated_metrics(*oracle.predict(generated), truth,
+                              fid.statistics(real_features))
+  out = {f'generated_{k}': v for k, v in metrics.items()
+         if k != 'frechet_distance'}
   out.update({f'real_{k}': v for k, v in alignment(real_labels, truth).items()})
-  out['frechet_distance'] = fid.frechet_distance(
-      *fid.statistics(real_features), *fid.statistics(gen_features))
+  out['frechet_distance'] = metrics['frechet_distance']
   return out
+
+
+def generated_set(split: str, count: int, image_size: int = 64, seed: int = 0,
+                  grid: int = 3, max_objects: int = 3
+                  ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+  """(uint8 images, cell labels, first captions) of examples 0..count-1."""
+  images, labels, captions = [], [], []
+  for i in range(count):
+    ex = shapes.make_example(seed, split, i, image_size, grid, max_objects)
+    images.append(ex['image'])
+    labels.append(cell_labels(ex['objects'], grid))
+    captions.append(ex['captions'][0])
+  return np.stack(images), np.stack(labels), captions
 
 
 def validation_set(count: int, image_size: int = 64, seed: int = 0,
                    grid: int = 3, max_objects: int = 3
                    ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
   """(uint8 images, cell labels, first captions) of Shapes validation."""
-  images, labels, captions = [], [], []
-  for i in range(count):
-    ex = shapes.make_example(seed, 'validation', i, image_size, grid,
-                             max_objects)
-    images.append(ex['image'])
-    labels.append(cell_labels(ex['objects'], grid))
-    captions.append(ex['captions'][0])
-  return np.stack(images), np.stack(labels), captions
+  return generated_set('validation', count, image_size, seed, grid,
+                       max_objects)
 
 
 def oracle_file_name(grid: int) -> str:
