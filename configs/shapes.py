@@ -39,6 +39,9 @@ def get_config():
   # of it (paper: z only; there a short run learned one position bit).
   c.g_stem_text = True
   c.dtype = 'float32'  # CPUs gain nothing from bf16.
+  # No pretrained image encoder offline (VGG-19/ResNet-50 weights are a
+  # download): three of the four contrastive terms.
+  c.loss_weights.image_pretrained = 0.0
   # Global batch per sub-step. The word-region loss costs O(batch^2): on 2
   # cores batch 8 runs 2.6x the steps/s of batch 16 (1.25x the images/s),
   # and more, smaller steps train faster per minute here.

@@ -21,6 +21,7 @@ def get_config():
   c.d_width = 4  # df: tiny.
   c.z_dim = 8
   c.dtype = 'float32'
+  c.loss_weights.image_pretrained = 0.0  # No image encoder weights offline.
   c.batch_size = 8  # One example per fake CPU device.
   c.num_train_steps = 4
   c.log_every_steps = 2

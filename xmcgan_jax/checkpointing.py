@@ -5,7 +5,10 @@ number of training records each has consumed), so a resumed run continues
 with exactly the data and noise of an uninterrupted one. Saves are atomic
 (Orbax writes to a temporary directory and renames), asynchronous, and only
 the last `keep` are kept. A checkpoint that fails to restore (half-written,
-corrupted) is skipped with a warning in favour of the previous one.
+corrupted) is skipped with a warning in favour of the previous one. A save
+that fails, in the call or in Orbax's background thread, raises
+CheckpointSaveError at the next `check()` (cheap: the loop calls it every
+step), so a run never goes on training while its saves fail.
 """
 
 from typing import Any, List, Optional, Tuple
@@ -13,6 +16,9 @@ from typing import Any, List, Optional, Tuple
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from xmcgan_jax import errors
+from xmcgan_jax import paths
 
 
 class Checkpointer:
@@ -25,7 +31,8 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
-    self.directory = directory
+    self.directory = paths.resolve(directory)  # Orbax needs absolute paths.
+    self._pending = None  # Step of the save that may still be running.
     self._manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
@@ -41,10 +48,31 @@ class Checkpointer:
     """Saves state and data positions at `step` (no-op if already saved)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({'positions': [int(p) for p in data_positions]})
-    ), force=True)
+    self.check()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(
+              {'positions': [int(p) for p in data_positions]})), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    self._pending = step
+
+  def check(self) -> None:
+    """Raises CheckpointSaveError if the last save has failed.
+
+    Returns at once while that save is still being written.
+    """
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self.wait_until_finished()
+
+  def _save_error(self, step: int, cause: Exception
+                  ) -> errors.CheckpointSaveError:
+    kept = self.all_steps()
+    return errors.CheckpointSaveError(
+        f'Saving the checkpoint of step {step} in {self.directory} failed '
+        f'({type(cause).__name__}: {cause}); stopped training. Kept '
+        f'checkpoints: {kept or "none"}.')
 
   def restore_latest(self, abstract_state: Any
                      ) -> Optional[Tuple[int, Any, List[int]]]:
@@ -83,8 +111,16 @@ class Checkpointer:
     self._manager.reload()
 
   def wait_until_finished(self) -> None:
-    """Blocks until asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until asynchronous saves are on disk.
+
+    Raises:
+      CheckpointSaveError: the last save failed.
+    """
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
 
   def close(self) -> None:
     self._manager.close()

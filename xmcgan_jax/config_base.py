@@ -5,9 +5,14 @@ before anything is compiled or read, so a bad field fails in a second with a
 message naming it.
 """
 
-from typing import Optional
+import difflib
+import importlib.util
+import os
+from typing import List, Optional, Sequence
 
 import ml_collections
+
+from xmcgan_jax import errors
 
 DATASETS = ('shapes', 'coco', 'ln_coco', 'ln_openimages')
 IMAGE_SIZES = (64, 128, 256)
@@ -38,7 +43,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Text encoder (frozen BERT family, run inside the train step).
   c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.
-  c.text_pooling = 'mean'  # Sentence feature: 'mean' of real tokens or 'pooler'.
+  # Sentence feature: 'mean' of real tokens, 'pooler', or 'release_sum' (the
+  # 2021 release's bug: padding positions summed in; docs/fidelity.md).
+  c.text_pooling = 'mean'
 
   # Model.
   c.g_width = 96  # gf: generator base channels.
@@ -103,7 +110,7 @@ def validate(config: ml_collections.ConfigDict,
     num_devices: global device count, to check batch divisibility.
   """
   def bad(field, value, message):
-    raise ValueError(f'config.{field}={value!r}: {message}')
+    raise errors.ConfigError(f'config.{field}={value!r}: {message}')
 
   if config.dataset not in DATASETS:
     bad('dataset', config.dataset, f'unknown dataset; choose from {DATASETS}.')
@@ -123,8 +130,9 @@ def validate(config: ml_collections.ConfigDict,
   if config.contrastive_negatives not in ('global', 'local'):
     bad('contrastive_negatives', config.contrastive_negatives,
         "use 'global' or 'local'.")
-  if config.text_pooling not in ('mean', 'pooler'):
-    bad('text_pooling', config.text_pooling, "use 'mean' or 'pooler'.")
+  if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
+    bad('text_pooling', config.text_pooling,
+        "use 'mean', 'pooler' or 'release_sum'.")
   for field in ('batch_size', 'd_steps_per_g_step', 'num_train_steps',
                 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'sample_every_steps', 'g_width',
@@ -146,6 +154,11 @@ def validate(config: ml_collections.ConfigDict,
   if config.image_encoder.name not in IMAGE_ENCODERS:
     bad('image_encoder.name', config.image_encoder.name,
         f'choose from {IMAGE_ENCODERS}.')
+  if (config.image_encoder.name == 'none' and
+      config.loss_weights.image_pretrained > 0):
+    bad('loss_weights.image_pretrained', config.loss_weights.image_pretrained,
+        "the term needs a frozen image encoder but image_encoder.name='none'"
+        ': set image_encoder.name and .weights, or this weight to 0.')
   if config.image_encoder.name != 'none' and not config.image_encoder.weights:
     bad('image_encoder.weights', config.image_encoder.weights,
         f'image_encoder.name={config.image_encoder.name!r} needs a weight '
@@ -154,3 +167,47 @@ def validate(config: ml_collections.ConfigDict,
     bad('manual_dir', config.manual_dir,
         f'dataset {config.dataset!r} needs the Localized Narratives JSONL and '
         'images in a manual directory (see README, Data).')
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file (configs/*.py; `path:arg` not supported).
+
+  Raises:
+    MissingFileError: no such file.
+  """
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f'--config={path}: file not found (from '
+                                  f'{os.getcwd()}).')
+  spec = importlib.util.spec_from_file_location('_xmcgan_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = ''
+                ) -> List[str]:
+  """Every field of `config` as a dotted name ('loss_weights.word', ...)."""
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      names.extend(field_names(value, prefix + key + '.'))
+  return names
+
+
+def check_overrides(config_path: str, keys: Sequence[str]) -> None:
+  """Raises ConfigError for a --config.KEY that names no field of the file.
+
+  Args:
+    config_path: the --config value (a `file.py:arg` suffix is ignored).
+    keys: dotted override keys, e.g. ['batch_size', 'loss_weights.word'].
+  """
+  path = config_path.split(':', 1)[0]
+  config = load_config_file(path)
+  known = field_names(config)
+  for key in keys:
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+      hint = f'; did you mean --config.{close[0]}?' if close else '.'
+      raise errors.ConfigError(
+          f'--config.{key}: {path} has no field {key!r}{hint}')

@@ -32,6 +32,8 @@ from clu import metric_writers
 
 from xmcgan_jax import sample as sample_lib
 from xmcgan_jax import checkpointing
+from xmcgan_jax import errors
+from xmcgan_jax import paths
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import tokenizer as tokenizer_lib
 from xmcgan_jax.eval import fid
@@ -149,8 +151,9 @@ class Evaluator:
                features: Optional[Callable[[np.ndarray], Tuple[
                    np.ndarray, np.ndarray]]] = None,
                features_digest: str = ''):
-    self.workdir = workdir
-    self.config = config or sample_lib.load_config(workdir)
+    self.workdir = workdir = paths.resolve(workdir)
+    self.config = paths.resolve_config(
+        config or sample_lib.load_config(workdir))
     c = self.config
     count = c.eval_num_samples
     self.captions, real_images, self.truth = eval_set(c, count)
@@ -175,9 +178,10 @@ class Evaluator:
       self.real_stats = real_statistics(c, features, features_digest,
                                         len(self.captions), real_images())
     elif self.oracle is None:
-      raise ValueError('config.inception_weights is empty: FID/IS need the '
-                       'FID Inception weights (see README, Evaluation); only '
-                       'Shapes runs can be evaluated without them.')
+      raise errors.ConfigError(
+          'config.inception_weights is empty: FID/IS need the FID Inception '
+          'weights (see README, Evaluation); only Shapes runs can be '
+          'evaluated without them.')
 
   def evaluate(self, step: Optional[int] = None) -> Dict[str, float]:
     """Metrics of raw and EMA G at a checkpoint step (default: newest)."""
@@ -271,6 +275,7 @@ def run(workdir: str, config=None, poll: bool = False,
   Returns:
     The results of this call, one dict per evaluated checkpoint.
   """
+  workdir = paths.resolve(workdir)
   evaluator = evaluator or Evaluator(workdir, config)
   final_step = evaluator.config.num_train_steps
   eval_dir = os.path.join(workdir, 'eval')
@@ -284,7 +289,8 @@ def run(workdir: str, config=None, poll: bool = False,
   while True:
     steps = checkpointer.all_steps()
     if not steps and not poll:
-      raise FileNotFoundError(f'No checkpoint under {workdir}/checkpoints.')
+      raise errors.MissingFileError(
+          f'No checkpoint under {workdir}/checkpoints: train first.')
     if steps and steps[-1] not in done:
       # The newest only: an eval job that falls behind skips to the present.
       result = evaluator.evaluate(steps[-1])

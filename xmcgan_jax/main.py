@@ -1,15 +1,21 @@
 """Command line entry point.
 
-  python -m xmcgan_jax.main --config=configs/shapes.py --workdir=/tmp/shapes
+  python -m xmcgan_jax.main --config=configs/shapes.py --workdir=workdirs/shapes
   python -m xmcgan_jax.main --config=configs/coco.py --workdir=gs://b/coco \
       --config.batch_size=512
-  python -m xmcgan_jax.main --mode=sample --workdir=/tmp/shapes \
+  python -m xmcgan_jax.main --mode=sample --workdir=workdirs/shapes \
       --captions='a large red circle at the top left|a small blue square in the bottom right'
-  python -m xmcgan_jax.main --mode=eval --workdir=/tmp/shapes [--eval_poll]
+  python -m xmcgan_jax.main --mode=eval --workdir=workdirs/shapes [--eval_poll]
 
 Every host of a TPU pod or GPU cluster runs the same command; with several
 processes jax.distributed is initialised first (TPU pods, SLURM and
-JAX_COORDINATOR_ADDRESS are detected; --multiprocess forces it).
+JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID are
+detected; --multiprocess forces it).
+
+A mistake in what the user gave (a config key or value, a missing file, run
+or text encoder) ends the command with one line and status 2; a failed
+checkpoint save with one line and status 1; other failures keep their
+traceback.
 """
 
 import os
@@ -18,6 +24,11 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from xmcgan_jax import config_base
+from xmcgan_jax import console
+from xmcgan_jax import errors
+from xmcgan_jax import paths
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs, samples.')
 _MODE = flags.DEFINE_enum(
@@ -55,46 +66,88 @@ def _several_processes() -> bool:
   return ',' in hosts
 
 
+def _initialize_distributed(jax) -> None:
+  """jax.distributed.initialize, with the process count and id from env.
+
+  JAX reads JAX_COORDINATOR_ADDRESS itself but not the process count or id
+  (it detects those on TPU pods and under SLURM only).
+  """
+  kwargs = {}
+  for name, arg in (('JAX_NUM_PROCESSES', 'num_processes'),
+                    ('JAX_PROCESS_ID', 'process_id')):
+    if os.environ.get(name):
+      kwargs[arg] = int(os.environ[name])
+  jax.distributed.initialize(**kwargs)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with one-line errors (status 2) for config flags.
+
+  Checks that the --config file exists and that every --config.KEY override
+  names a field (suggesting the closest one) before ml_collections applies
+  them, which would end in a traceback.
+  """
+  try:
+    config_path = console.flag_value(argv, 'config')
+    if config_path is not None:
+      config_base.check_overrides(config_path,
+                                  console.config_overrides(argv))
+    return flags.FLAGS(argv)
+  except (errors.UserError, flags.Error) as e:
+    console.exit_with_error(e)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _MODE.value == 'train' and flags.FLAGS.config is None:
     raise app.UsageError('--mode=train needs --config=configs/<name>.py.')
+  console.quiet_libraries(flags.FLAGS.verbosity)
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
                                      _several_processes()):
-    jax.distributed.initialize()
-  # TensorFlow only feeds data here: keep it off the accelerators.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
+    _initialize_distributed(jax)
+  # TensorFlow only feeds data here: kept off the accelerators, imported
+  # without its CUDA probe lines.
+  console.import_tensorflow(jax.default_backend(), flags.FLAGS.verbosity)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: process %d of %d, %d local / %d global devices (%s).',
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
+  workdir = paths.resolve(_WORKDIR.value)
+  try:
+    _run_mode(workdir)
+  except errors.UserError as e:
+    console.exit_with_error(e)
+  except errors.CheckpointSaveError as e:
+    # Orbax's abandoned save threads would hold the interpreter for minutes.
+    console.exit_with_error(e, status=1, hard=True)
+
+
+def _run_mode(workdir: str) -> None:
+  """Runs --mode on the resolved workdir."""
   if _MODE.value == 'sample':
     from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
     captions = [c.strip() for c in _CAPTIONS.value.split('|') if c.strip()]
     if not captions:
-      raise app.UsageError("--mode=sample needs --captions='a ...|b ...'.")
-    path = sample.sample_grid(_WORKDIR.value, captions, _OUTPUT.value,
+      raise errors.UserError("--mode=sample needs --captions='a ...|b ...'.")
+    path = sample.sample_grid(workdir, captions, paths.resolve(_OUTPUT.value),
                               _SEED.value)
     logging.info('Wrote %s', path)
     print(path)
     return
   if _MODE.value == 'eval':
     from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.run(_WORKDIR.value, flags.FLAGS.config,
-                           poll=_EVAL_POLL.value,
+    results = evaluate.run(workdir, flags.FLAGS.config, poll=_EVAL_POLL.value,
                            timeout_s=_EVAL_TIMEOUT.value)
     for result in results:
       print(result)
     return
   from xmcgan_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  train.train_and_evaluate(flags.FLAGS.config, workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -23,8 +23,10 @@ from jax.sharding import NamedSharding
 from xmcgan_jax import builders
 from xmcgan_jax import checkpointing
 from xmcgan_jax import config_base
+from xmcgan_jax import errors
 from xmcgan_jax import generate
 from xmcgan_jax import parallel
+from xmcgan_jax import paths
 from xmcgan_jax import train_step as train_step_lib
 from xmcgan_jax import visualize
 from xmcgan_jax import wordpiece
@@ -49,7 +51,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     text = _read(path)
   except (OSError, IOError) as e:
-    raise FileNotFoundError(f'{path} not found: is {workdir} the --workdir of '
+    raise errors.MissingFileError(f'{path} not found: is {workdir} the --workdir of '
                             'a training run?') from e
   config = ml_collections.ConfigDict(json.loads(text))
   # Runs saved before a field existed ran with its default behaviour (every
@@ -95,11 +97,13 @@ class Sampler:
     Returns:
       The Sampler.
     """
+    workdir = paths.resolve(workdir)
     if config is None:
       config = load_config(workdir)
-    config = ml_collections.ConfigDict(config.to_dict())
     if text_encoder:
+      config = ml_collections.ConfigDict(config.to_dict())
       config.text_encoder = text_encoder
+    config = paths.resolve_config(config)
     text = text_encoder_lib.load_text_encoder(
         config.text_encoder, pooling=config.text_pooling,
         dtype=jnp.dtype(config.dtype))
@@ -121,7 +125,7 @@ class Sampler:
       restored = checkpointer.restore(step, abstract)
     checkpointer.close()
     if restored is None:
-      raise FileNotFoundError(f'No readable checkpoint under {workdir}/'
+      raise errors.MissingFileError(f'No readable checkpoint under {workdir}/'
                               'checkpoints.')
     return cls(config, restored[1], text, generator)
 
@@ -198,9 +202,10 @@ def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
   Returns:
     The PNG path (default WORKDIR/samples/cli_<step>_seed<seed>.png).
   """
+  workdir = paths.resolve(workdir)
   sampler = Sampler.from_workdir(workdir)
   images = sampler.sample(captions, seed=seed, ema=ema)
-  output = output or os.path.join(
+  output = paths.resolve(output) or os.path.join(
       workdir, 'samples', f'cli_{sampler.step:08d}_seed{seed}.png')
   visualize.save_png(output, visualize.make_grid(images, list(captions)))
   return output

@@ -25,8 +25,10 @@ import tensorflow as tf
 from xmcgan_jax import builders
 from xmcgan_jax import checkpointing
 from xmcgan_jax import config_base
+from xmcgan_jax import errors
 from xmcgan_jax import generate
 from xmcgan_jax import parallel
+from xmcgan_jax import paths
 from xmcgan_jax import train_step as train_step_lib
 from xmcgan_jax import visualize
 from xmcgan_jax.data import pipeline
@@ -71,7 +73,8 @@ def check_files(config) -> None:
   for field, path in (('image_encoder.weights', config.image_encoder.weights),
                       ('inception_weights', config.inception_weights)):
     if path and not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f'config.{field}={path!r}: file not found.')
+      raise errors.MissingFileError(
+          f'config.{field}={path!r}: file not found.')
 
 
 def load_text_encoder(config) -> text_encoder_lib.TextEncoder:
@@ -81,9 +84,20 @@ def load_text_encoder(config) -> text_encoder_lib.TextEncoder:
       dtype=jnp.dtype(config.dtype))
   limit = encoder.module.config.max_position_embeddings
   if config.max_tokens > limit:
-    raise ValueError(f'config.max_tokens={config.max_tokens} exceeds the text '
-                     f'encoder\'s max_position_embeddings={limit}.')
+    raise errors.ConfigError(
+        f'config.max_tokens={config.max_tokens} exceeds the text encoder\'s '
+        f'max_position_embeddings={limit}.')
   return encoder
+
+
+def _duration(seconds: float) -> str:
+  """'1h 02m', '3m 05s' or '12s'."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f'{hours}h {minutes:02d}m'
+  return f'{minutes}m {seconds:02d}s' if minutes else f'{seconds}s'
 
 
 def _all_positions(position: int) -> List[int]:
@@ -121,16 +135,25 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
 
   Args:
     config: an experiment config (see config_base.py).
-    workdir: checkpoints, TensorBoard events and samples go here.
+    workdir: checkpoints, TensorBoard events and samples go here (local,
+      relative or `~` paths are made absolute; gs:// works).
 
   Returns:
     The final TrainState.
+
+  Raises:
+    errors.UserError: a bad config value or a missing file, before any
+      compilation.
+    errors.CheckpointSaveError: a checkpoint could not be written.
   """
   process_index, process_count = jax.process_index(), jax.process_count()
+  workdir = paths.resolve(workdir)
+  config = paths.resolve_config(config)  # Written resolved to config.json.
   config_base.validate(config, jax.device_count())
   if config.batch_size % process_count:
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
-                     f'by the {process_count} processes.')
+    raise errors.ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the '
+        f'{process_count} processes.')
   check_files(config)
   text = load_text_encoder(config)
   tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
@@ -167,9 +190,12 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
   if restored is not None:
     step, state, positions = restored
     if len(positions) != process_count:
-      raise ValueError(f'Checkpoint at step {step} was written by '
-                       f'{len(positions)} processes; this run has '
-                       f'{process_count}: the data order cannot be resumed.')
+      raise errors.UserError(
+          f'The checkpoint of step {step} in {workdir} was written by '
+          f'{len(positions)} processes and this run has {process_count}: each '
+          'process resumes its own shard of the data, so the data order '
+          f'cannot continue. Resume with {len(positions)} processes (as many '
+          'hosts, or JAX_NUM_PROCESSES), or train in a new --workdir.')
     position = positions[process_index]
     logging.info('Resumed from step %d (data position %d).', step, position)
   start_step = int(state.step)
@@ -219,6 +245,7 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
       state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
                                frozen)
       step += 1
+      checkpointer.check()  # Stops at once if a background save failed.
       history.append(metrics)
       report(step)
       is_last = step == config.num_train_steps
@@ -249,10 +276,12 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
         if process_index == 0:
           logging.info(
               'step %d/%d | d_loss %.3f g_loss %.3f d_adv %.3f g_adv %.3f | '
-              '%.2f steps/s %.0f img/s', step, config.num_train_steps,
+              '%.2f steps/s %.0f img/s | ETA %s', step, config.num_train_steps,
               summary['d_loss'], summary['g_loss'], summary.get('d_adv', 0),
               summary.get('g_adv', 0), steps_per_s,
-              summary['images_per_second'])
+              summary['images_per_second'],
+              _duration((config.num_train_steps - step) / max(steps_per_s,
+                                                              1e-9)))
       if step % config.sample_every_steps == 0 or is_last:
         sample(step, state)
       if must_save:

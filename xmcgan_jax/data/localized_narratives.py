@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from xmcgan_jax import errors
+
 _ANNOTATIONS_URL = 'https://google.github.io/localized-narratives/'
 
 
@@ -53,7 +55,7 @@ class _LocalizedNarratives(tfds.core.GeneratorBasedBuilder,
       paths = [os.path.join(manual_dir, f) for f in files]
       missing = [p for p in paths if not tf.io.gfile.exists(p)]
       if missing:
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f'{self.name}: annotation file(s) {missing} not found. '
             + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
       splits[split] = self._generate_examples(manual_dir, split, paths)

@@ -19,10 +19,12 @@ import dataclasses
 import threading
 from typing import Callable, Dict, Iterator, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from xmcgan_jax import errors
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import shapes
 from xmcgan_jax.data import tokenizer as tokenizer_lib
@@ -103,12 +105,16 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str = '') -> None:
   """
   if tf.io.gfile.exists(builder.data_dir) and builder.info.splits:
     return
+  logging.info('Preparing %s in %s (once per data_dir).', builder.name,
+               builder.data_dir)
+  # TFDS's progress bars are a screenful of redraws; --verbosity=1 keeps them.
+  tfds.display_progress_bar(logging.level_debug())
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir or None))
   except Exception as e:  # pylint: disable=broad-except
     if builder.name == 'coco_captions':
-      raise RuntimeError(
+      raise errors.MissingFileError(
           f'Could not prepare coco_captions in {builder.data_dir} ({e}). On a '
           'machine with network run `tfds build coco_captions/2014 '
           '--data_dir=DIR` and set config.data_dir=DIR.') from e
@@ -291,7 +297,7 @@ class InputPipeline:
     ds = ds.filter(self._keep)
     if self.mirror_pairs:
       if per_process_batch % 2:
-        raise ValueError(f'mirror_pairs needs an even per-process batch, got '
+        raise errors.ConfigError(f'mirror_pairs needs an even per-process batch, got '
                          f'{per_process_batch}.')
       # An even batch never splits a pair, so every batch ends on a record.
       ds = ds.map(self._with_mirror, num_parallel_calls=AUTOTUNE,

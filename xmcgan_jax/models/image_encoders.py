@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmcgan_jax import errors
+
 _BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 _RGB_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _RGB_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -230,13 +232,13 @@ def build_image_encoder(name: str, feature: str = '', layout: str = 'keras'
   if name == 'vgg19':
     feature = feature or 'fc7'
     if feature not in VGG19_FEATURES:
-      raise ValueError(f'image_encoder.feature={feature!r}; VGG-19 offers '
+      raise errors.ConfigError(f'image_encoder.feature={feature!r}; VGG-19 offers '
                        f'{VGG19_FEATURES}.')
     return VGG19(feature), 'caffe' if layout == 'keras' else 'torch'
   if name == 'resnet50':
     feature = feature or 'logits'
     if feature not in RESNET50_FEATURES:
-      raise ValueError(f'image_encoder.feature={feature!r}; ResNet-50 offers '
+      raise errors.ConfigError(f'image_encoder.feature={feature!r}; ResNet-50 offers '
                        f'{RESNET50_FEATURES}.')
     if layout == 'keras':
       return ResNet50(feature), 'caffe'
@@ -261,7 +263,7 @@ def load_image_encoder(name: str, weights: str, feature: str = '',
   """
   import os  # pylint: disable=g-import-not-at-top
   if not os.path.exists(weights):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'Image encoder weights {weights!r} not found: expected a Keras '
         f'application file (e.g. {name}_weights_tf_dim_ordering_tf_kernels.h5)'
         ' or an .npz from `python -m xmcgan_jax.convert_torchvision`.')

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmcgan_jax import errors
 from xmcgan_jax import safetensors_io
 
 Dtype = Any
@@ -141,6 +142,20 @@ class BertEncoder(nn.Module):
     return x, pooled
 
 
+POOLINGS = ('mean', 'pooler', 'release_sum')
+
+
+def release_sum(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """The 2021 release's sentence feature (a bug kept as an option).
+
+  It sums hidden (B, T, E) over all T positions, padding included (BERT's
+  outputs there are not zero), and divides by the number of real tokens.
+  """
+  total = jnp.sum(hidden.astype(jnp.float32), axis=1)
+  count = jnp.sum(mask.astype(jnp.float32), axis=1)[:, None]
+  return total / jnp.maximum(count, 1.0)
+
+
 def masked_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of hidden (B, T, E) over the True positions of mask (B, T), float32."""
   weights = mask.astype(jnp.float32)[..., None]
@@ -242,7 +257,7 @@ def resolve_text_encoder_dir(name_or_path: str) -> str:
     missing = [f for f in _REQUIRED_FILES
                if not os.path.exists(os.path.join(name_or_path, f))]
     if missing:
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f'Text encoder directory {name_or_path} lacks {missing}; it needs '
           f'{list(_REQUIRED_FILES)} in Hugging Face layout.')
     return name_or_path
@@ -268,7 +283,7 @@ def resolve_text_encoder_dir(name_or_path: str) -> str:
     looked.append(f'{snapshots} has no snapshot with {list(_REQUIRED_FILES)}')
   else:
     looked.append(f'no Hugging Face cache entry {os.path.join(cache, repo)}')
-  raise FileNotFoundError(
+  raise errors.MissingFileError(
       f'Text encoder {name_or_path!r} not found: ' + '; '.join(looked) + '. '
       'Provide a directory with config.json, model.safetensors and vocab.txt '
       '(e.g. `huggingface-cli download bert-base-uncased config.json '
@@ -285,7 +300,9 @@ class TextEncoder:
     params: its params (jax arrays).
     vocab_path: the WordPiece vocab.txt.
     lower_case: whether the vocab expects lower-cased, accent-stripped text.
-    pooling: 'mean' (masked mean of word features) or 'pooler'.
+    pooling: 'mean' (masked mean of word features), 'pooler', or
+      'release_sum' (the 2021 release's sum over padding too; see
+      release_sum).
     directory: where the files came from.
   """
   module: BertEncoder
@@ -310,8 +327,12 @@ class TextEncoder:
     def features(params, token_ids, token_mask):
       params = jax.lax.stop_gradient(params)
       hidden, pooled = module.apply({'params': params}, token_ids, token_mask)
-      sentence = (masked_mean(hidden, token_mask) if pooling == 'mean'
-                  else pooled.astype(jnp.float32))
+      if pooling == 'mean':
+        sentence = masked_mean(hidden, token_mask)
+      elif pooling == 'release_sum':
+        sentence = release_sum(hidden, token_mask)
+      else:
+        sentence = pooled.astype(jnp.float32)
       return (jax.lax.stop_gradient(hidden.astype(jnp.float32)),
               jax.lax.stop_gradient(sentence))
 
@@ -352,14 +373,15 @@ def load_text_encoder(name_or_path: str, pooling: str = 'mean',
 
   Args:
     name_or_path: see resolve_text_encoder_dir.
-    pooling: sentence feature: 'mean' over real tokens or 'pooler'.
+    pooling: sentence feature: 'mean' over real tokens, 'pooler' or
+      'release_sum' (the 2021 release's, padding included).
     dtype: compute dtype of the encoder.
 
   Returns:
     The TextEncoder.
   """
-  if pooling not in ('mean', 'pooler'):
-    raise ValueError(f"pooling={pooling!r}; use 'mean' or 'pooler'.")
+  if pooling not in POOLINGS:
+    raise errors.ConfigError(f'pooling={pooling!r}; use one of {POOLINGS}.')
   directory = resolve_text_encoder_dir(name_or_path)
   config = BertConfig.from_json(os.path.join(directory, 'config.json'))
   weights = os.path.join(directory, 'model.safetensors')
