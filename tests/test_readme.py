@@ -83,6 +83,10 @@ def newcomer(tmp_path_factory):
   os.symlink(os.path.join(ROOT, 'configs'), home / 'configs')
   env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT)
   env.pop('TFDS_DATA_DIR', None)
+  # One CPU device, as on a newcomer's laptop (conftest fakes 8 for the
+  # in-process tests).
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
+      '--xla_force_host_platform_device_count=8', '')
   return home, env
 
 

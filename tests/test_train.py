@@ -72,7 +72,7 @@ def test_exact_resume(straight_and_resumed):
 
 
 def test_corrupt_latest_checkpoint_falls_back(straight_and_resumed, tmp_path,
-                                              caplog):
+                                              caplog, capsys):
   straight, _, workdir = straight_and_resumed
   copy = str(tmp_path / 'checkpoints')
   shutil.copytree(os.path.join(workdir, 'checkpoints'), copy)
@@ -87,6 +87,11 @@ def test_corrupt_latest_checkpoint_falls_back(straight_and_resumed, tmp_path,
   assert step == 2 and int(state.step) == 2
   assert positions[0] == 2 * 8 * 2  # 2 steps of 2 sub-batches of 8.
   assert 'step 4' in caplog.text and 'unreadable' in caplog.text
+  # One warning line, not TensorStore's abandoned-read tracebacks.
+  (warning,) = [r.getMessage() for r in caplog.records
+                if 'unreadable' in r.getMessage()]
+  assert '\n' not in warning
+  assert 'Event loop is closed' not in capsys.readouterr().err
 
 
 def _documented_overrides(path):
@@ -186,14 +191,6 @@ def _cli(workdir, *args):
           '--workdir=' + workdir] + list(args)
 
 
-def test_cli_rejects_unknown_config_keys(tmp_path):
-  result = subprocess.run(
-      _cli(str(tmp_path), '--config.no_such_field=3'), cwd=ROOT,
-      capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2
-  assert 'no_such_field' in result.stderr
-
-
 def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
     tmp_path, data_dir, straight_and_resumed):
   """The CLI trains with overrides; SIGTERM saves the step it reached."""
@@ -221,8 +218,8 @@ def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
   assert step == steps[0] == int(state.step)
 
 
-def test_sampling_api_and_cli(straight_and_resumed):
-  """Captions in, uint8 images out, from the workdir; the CLI writes a PNG."""
+def test_sampling_api(straight_and_resumed):
+  """Captions in, uint8 images out, from the workdir."""
   from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
   _, resumed, workdir = straight_and_resumed
   sampler = sample.Sampler.from_workdir(workdir)
@@ -238,14 +235,7 @@ def test_sampling_api_and_cli(straight_and_resumed):
   np.testing.assert_array_equal(b, sampler.sample(captions, seed=0))
   assert not np.array_equal(a, sampler.sample(captions, seed=1))
   assert not np.array_equal(a, sampler.sample(captions, seed=0, ema=False))
-  output = os.path.join(workdir, 'cli.png')
-  result = subprocess.run(
-      [sys.executable, '-m', 'xmcgan_jax.main', '--mode=sample',
-       '--workdir=' + workdir, '--captions=' + '|'.join(captions[:2]),
-       '--output=' + output], cwd=ROOT, capture_output=True, text=True,
-      timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert os.path.getsize(output) > 1000
+  # The CLI (--mode=sample) runs as the README writes it in test_readme.py.
 
 
 def test_colab_notebook_runs_on_cpu_without_tensorflow(straight_and_resumed,

@@ -11,6 +11,10 @@ CheckpointSaveError at the next `check()` (cheap: the loop calls it every
 step), so a run never goes on training while its saves fail.
 """
 
+import io
+import re
+import sys
+import time
 from typing import Any, List, Optional, Tuple
 
 from absl import logging
@@ -19,6 +23,43 @@ import orbax.checkpoint as ocp
 
 from xmcgan_jax import errors
 from xmcgan_jax import paths
+
+
+class _AbandonedReadsHidden:
+  """Hides the tracebacks of a failed restore's abandoned reads.
+
+  When Orbax fails to read one array of a checkpoint, TensorStore's other
+  pending reads complete later and print a traceback each ('Event loop is
+  closed': Orbax's asyncio loop is gone), thousands of lines on sys.stderr
+  from its own threads. The warning of restore_latest says what happened, so
+  on failure this waits until those prints stop and passes on only log
+  lines. With --verbosity >= 1 everything is shown.
+  """
+
+  _LOG_LINE = re.compile(r'^[IWEF]\d{4} ')
+
+  def __enter__(self):
+    self._active = not logging.level_debug()
+    if self._active:
+      self._stderr, sys.stderr = sys.stderr, io.StringIO()
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if not self._active:
+      return False
+    captured = sys.stderr
+    if error is not None:  # Let the abandoned reads finish printing.
+      deadline, size = time.monotonic() + 10.0, -1
+      while time.monotonic() < deadline and size != len(captured.getvalue()):
+        size = len(captured.getvalue())
+        time.sleep(0.5)
+    sys.stderr = self._stderr
+    text = captured.getvalue()
+    if error is not None:
+      text = ''.join(line for line in text.splitlines(keepends=True)
+                     if self._LOG_LINE.match(line))
+    self._stderr.write(text)
+    return False
 
 
 class Checkpointer:
@@ -87,11 +128,13 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        return self.restore(step, abstract_state)
+        with _AbandonedReadsHidden():
+          return self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
+        cause = str(e).strip().splitlines()[0][:160] if str(e).strip() else ''
         logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); '
                         'trying the previous one.', step, self.directory,
-                        type(e).__name__, e)
+                        type(e).__name__, cause)
     return None
 
   def restore(self, step: int, abstract_state: Any

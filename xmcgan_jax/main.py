@@ -103,6 +103,11 @@ def main(argv):
   if _MODE.value == 'train' and flags.FLAGS.config is None:
     raise app.UsageError('--mode=train needs --config=configs/<name>.py.')
   console.quiet_libraries(flags.FLAGS.verbosity)
+  workdir = paths.resolve(_WORKDIR.value)
+  try:
+    _check_before_jax(workdir)
+  except errors.UserError as e:
+    console.exit_with_error(e)
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
                                      _several_processes()):
@@ -116,7 +121,6 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  workdir = paths.resolve(_WORKDIR.value)
   try:
     _run_mode(workdir)
   except errors.UserError as e:
@@ -124,6 +128,22 @@ def main(argv):
   except errors.CheckpointSaveError as e:
     # Orbax's abandoned save threads would hold the interpreter for minutes.
     console.exit_with_error(e, status=1, hard=True)
+
+
+def _check_before_jax(workdir: str) -> None:
+  """The user errors found without JAX or TensorFlow: reported in a second.
+
+  The config's fields (all but the device count, which needs JAX) for
+  training; the run's config.json for sampling and evaluation.
+  """
+  if _MODE.value == 'train':
+    config_base.validate(paths.resolve_config(flags.FLAGS.config))
+    return
+  if _MODE.value == 'eval' and flags.FLAGS.config is not None:
+    return
+  path = os.path.join(workdir, paths.CONFIG_FILE)
+  if not paths.is_remote(path) and not os.path.exists(path):
+    raise paths.missing_run(workdir)
 
 
 def _run_mode(workdir: str) -> None:

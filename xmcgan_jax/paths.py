@@ -11,9 +11,22 @@ import os
 
 import ml_collections
 
+from xmcgan_jax import errors
+
+# The training run's config, written by train_and_evaluate and read by the
+# sampling and evaluation jobs.
+CONFIG_FILE = 'config.json'
+
 # Config fields that hold a file or directory path ('' = unset).
 PATH_FIELDS = ('data_dir', 'manual_dir', 'inception_weights', 'fid_stats_dir',
                'image_encoder.weights')
+
+
+def missing_run(workdir: str) -> errors.MissingFileError:
+  """The error for a --workdir without a training run's config."""
+  return errors.MissingFileError(
+      f'{os.path.join(workdir, CONFIG_FILE)} not found: is {workdir} the '
+      '--workdir of a training run?')
 
 
 def is_remote(path: str) -> bool:

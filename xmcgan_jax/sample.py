@@ -32,7 +32,6 @@ from xmcgan_jax import visualize
 from xmcgan_jax import wordpiece
 from xmcgan_jax.models import text_encoder as text_encoder_lib
 
-CONFIG_FILE = 'config.json'
 _STANDING_BATCH = 64  # Captions (cycled) per standing-statistics forward.
 
 
@@ -47,12 +46,11 @@ def _read(path: str) -> str:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run saved as WORKDIR/config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, paths.CONFIG_FILE)
   try:
     text = _read(path)
   except (OSError, IOError) as e:
-    raise errors.MissingFileError(f'{path} not found: is {workdir} the --workdir of '
-                            'a training run?') from e
+    raise paths.missing_run(workdir) from e
   config = ml_collections.ConfigDict(json.loads(text))
   # Runs saved before a field existed ran with its default behaviour (every
   # field added so far defaults to what the code did before it): fill it in.

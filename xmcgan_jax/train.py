@@ -202,7 +202,8 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
 
   if process_index == 0:  # For sampling and evaluation jobs.
     tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, 'config.json'), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, paths.CONFIG_FILE),
+                           'w') as f:
       f.write(config.to_json(indent=1))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0)
