@@ -72,6 +72,7 @@ def _run_processes(argv, count, log_dir, name, timeout=600):
   return codes, texts
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_sample(tmp_path):
   workdir = tmp_path / 'run'  # Does not exist yet.
   data_dir = f'{workdir}/../tfds'  # Normalised: both processes agree.

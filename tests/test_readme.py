@@ -71,7 +71,9 @@ def test_ci_installs_and_tests_as_the_readme_says():
                if c.startswith('pip ')]
   assert len(pip_lines) == 3, pip_lines
   assert any('-c constraints.txt' in c and '.[test]' in c for c in pip_lines)
-  for command in pip_lines + [readme_command('pytest')]:
+  pytest_lines = [c for c in shell_commands('Test') if 'pytest' in c]
+  assert pytest_lines == ['python -m pytest -q', 'python -m pytest -q -m slow']
+  for command in pip_lines + pytest_lines:
     as_module = re.sub(r'(^|&& )pip ', r'\1python -m pip ', command)
     assert as_module in ci, command
 

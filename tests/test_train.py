@@ -191,6 +191,7 @@ def _cli(workdir, *args):
           '--workdir=' + workdir] + list(args)
 
 
+@pytest.mark.slow
 def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
     tmp_path, data_dir, straight_and_resumed):
   """The CLI trains with overrides; SIGTERM saves the step it reached."""
@@ -333,6 +334,7 @@ def _make_unwritable(path) -> bool:
                         ).returncode == 0
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_save_stops_the_run_at_once(straight_and_resumed,
                                                       tmp_path, data_dir):
   """A save that fails in Orbax's background thread stops training with one

@@ -112,9 +112,10 @@ def main(argv):
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
                                      _several_processes()):
     _initialize_distributed(jax)
-  # TensorFlow only feeds data here: kept off the accelerators, imported
-  # without its CUDA probe lines.
-  console.import_tensorflow(jax.default_backend(), flags.FLAGS.verbosity)
+  if _MODE.value != 'sample':  # Sampling needs no TensorFlow.
+    # TensorFlow only feeds data here: kept off the accelerators, imported
+    # without its CUDA probe lines.
+    console.import_tensorflow(jax.default_backend(), flags.FLAGS.verbosity)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: process %d of %d, %d local / %d global devices (%s).',
