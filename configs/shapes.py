@@ -3,7 +3,9 @@
   python -m xmcgan_jax.main --config=configs/shapes.py --workdir=workdirs/shapes
 
 Needs no download: the dataset is generated locally (under a minute) and the
-text encoder is the offline all-MiniLM-L6-v2 package.
+text encoder is the offline all-MiniLM-L6-v2 package. Its departures from the
+paper (MiniLM, mirror pairs, the text-fed stem, no pretrained image term) are
+listed in docs/fidelity.md.
 """
 
 from xmcgan_jax import config_base
