@@ -1,5 +1,6 @@
 """Generator and discriminator: shapes, dtypes, layers, parameter counts."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,8 @@ from benchmarks.param_counts import count_parameters
 from xmcgan_jax import parallel
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
+from xmcgan_jax.models import discriminator as discriminator_lib
+from xmcgan_jax.models import generator as generator_lib
 from xmcgan_jax.models import layers
 
 E, T, Z = 16, 6, 8
@@ -232,3 +235,135 @@ def test_padded_output_conv_and_remat_change_nothing():
   for a, b in zip(jax.tree.leaves(d_grads(remat_d)),
                   jax.tree.leaves(d_grads(plain_d))):
     _assert_close_in_norm(a, b)
+
+
+class _NaiveSpectralConv(nn.Module):
+  """The 2021 formulation: 'SAME' conv, then (pool) 2x2 average pooling."""
+  features: int
+  kernel_size: int = 3
+  pool: bool = False
+
+  @nn.compact
+  def __call__(self, x, update_stats):
+    k = self.kernel_size
+    kernel = self.param('kernel', layers.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    kernel = layers._spectral_normalize(self, kernel, update_stats)  # pylint: disable=protected-access
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        precision='highest')
+    y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return layers.avg_pool2(y) if self.pool else y
+
+
+class _NaiveUpConv(nn.Module):
+  """The 2021 formulation: nearest 2x upsampling, then a 3x3 conv."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False,
+                   precision='highest', name='conv')(
+                       layers.upsample_nearest(x, 2))
+
+
+def _blocks_agree(fast, naive, x, *static, rename=lambda p: p):
+  """Outputs and gradients (parameters and input x) of two blocks with the
+  same parameters; `rename` maps the fast block's params to the naive's."""
+  variables = fast.init(jax.random.key(0), x, *static)
+
+  def loss(module, params, x):
+    out = module.apply(dict(variables, params=params), x, *static,
+                       mutable=True)[0]
+    return jnp.sum(jnp.sin(out)), out
+
+  with jax.default_matmul_precision('highest'):  # jit: op-by-op is slow.
+    (_, got), got_grads = jax.jit(jax.value_and_grad(
+        lambda p, x: loss(fast, p, x), argnums=(0, 1), has_aux=True))(
+            variables['params'], x)
+    (_, want), want_grads = jax.jit(jax.value_and_grad(
+        lambda p, x: loss(naive, p, x), argnums=(0, 1), has_aux=True))(
+            rename(variables['params']), x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  got_grads = (rename(got_grads[0]), got_grads[1])
+  assert jax.tree.structure(got_grads) == jax.tree.structure(want_grads)
+  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    scale = max(float(np.max(np.abs(b))), 1e-6)
+    np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('size,kernel', [(8, 3), (6, 3), (10, 1)])
+def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel):
+  """D's conv + 2x2 average pool as one stride-2 conv (even sizes, odd and
+  even outputs); the 1x1 shortcut pools first."""
+  x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)),
+                  jnp.float32)
+  _blocks_agree(layers.SpectralConv(5, kernel, pool=True),
+                _NaiveSpectralConv(5, kernel, pool=True), x, True)
+
+
+@pytest.mark.parametrize('height,width', [(8, 8), (7, 5), (4, 9)])
+def test_upsample_conv_equals_nearest_upsample_then_conv(height, width):
+  """G's nearest 2x upsample + 3x3 conv as one sub-pixel conv (any size)."""
+  x = jnp.asarray(np.random.default_rng(height).normal(
+      size=(2, height, width, 3)), jnp.float32)
+  _blocks_agree(generator_lib.UpConv(4), _NaiveUpConv(4), x,
+                rename=lambda p: {'conv': p})
+
+
+class _NaiveOptimizedBlock(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    h = _NaiveSpectralConv(self.features, name='conv1')(x, train)
+    h = _NaiveSpectralConv(self.features, pool=True, name='conv2')(
+        nn.relu(h), train)
+    return h + _NaiveSpectralConv(self.features, 1, name='shortcut')(
+        layers.avg_pool2(x), train)
+
+
+class _NaiveDiscBlock(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train):
+    h = _NaiveSpectralConv(self.features, name='conv1')(nn.relu(x), train)
+    h = _NaiveSpectralConv(self.features, pool=True, name='conv2')(
+        nn.relu(h), train)
+    return h + _NaiveSpectralConv(self.features, 1, pool=True,
+                                  name='shortcut')(x, train)
+
+
+class _NaiveGenBlock(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x, cond, train):
+    cbn = lambda c, name: layers.ConditionalBatchNorm(c, name=name)
+    h = nn.relu(cbn(x.shape[-1], 'cbn1')(x, cond, train))
+    h = _NaiveUpConv(self.features, name='conv1')(h)
+    h = nn.relu(cbn(self.features, 'cbn2')(h, cond, train))
+    h = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False,
+                precision='highest', name='conv2')(h)
+    shortcut = nn.Conv(self.features, (1, 1), use_bias=False,
+                       precision='highest', name='shortcut')(
+                           layers.upsample_nearest(x, 2))
+    return h + shortcut
+
+
+def test_blocks_equal_their_naive_formulation(size=8):
+  """D's optimized and down blocks and G's up block (global and local CBN)
+  equal the 2021 formulation, outputs and gradients (float32)."""
+  rng = np.random.default_rng(size)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  _blocks_agree(discriminator_lib.OptimizedBlock(4),
+                _NaiveOptimizedBlock(4), x, True)
+  _blocks_agree(discriminator_lib.DiscBlock(6, True), _NaiveDiscBlock(6), x,
+                True)
+  as_naive = lambda p: dict(p, conv1={'conv': p['conv1']})
+  for cond in (rng.normal(size=(2, 5)),  # Global CBN; local CBN (a map):
+               rng.normal(size=(2, size // 2, size // 2, 5))):
+    _blocks_agree(generator_lib.GenBlock(6), _NaiveGenBlock(6), x,
+                  jnp.asarray(cond, jnp.float32), True, rename=as_naive)

@@ -47,38 +47,43 @@ class DiscOutput(NamedTuple):
 
 
 class OptimizedBlock(nn.Module):
-  """First block: conv3x3 -> ReLU -> conv3x3 -> pool; shortcut pool -> conv1x1."""
+  """First block: conv3x3 -> ReLU -> conv3x3 -> pool; shortcut pool -> conv1x1.
+
+  Each "conv, then pool" runs as one exact stride-2 conv (layers.SpectralConv
+  with pool=True).
+  """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name: layers.SpectralConv(self.features, k, self.dtype,
-                                               name=name)
+    conv = lambda k, name, pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, name=name)
     h = conv(3, 'conv1')(x, train)
-    h = conv(3, 'conv2')(nn.relu(h), train)
-    h = layers.avg_pool2(h)
-    shortcut = conv(1, 'shortcut')(layers.avg_pool2(x), train)
+    h = conv(3, 'conv2', pool=True)(nn.relu(h), train)
+    shortcut = conv(1, 'shortcut', pool=True)(x, train)
     return h + shortcut
 
 
 class DiscBlock(nn.Module):
-  """ReLU -> conv3x3 -> ReLU -> conv3x3 (-> pool); learnable shortcut if needed."""
+  """ReLU -> conv3x3 -> ReLU -> conv3x3 (-> pool); learnable shortcut if needed.
+
+  With downsample, conv2 and the shortcut conv each run with their pooling
+  as one exact stride-2 conv (layers.SpectralConv with pool=True).
+  """
   features: int
   downsample: bool
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name: layers.SpectralConv(self.features, k, self.dtype,
-                                               name=name)
+    conv = lambda k, name, pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, name=name)
     h = conv(3, 'conv1')(nn.relu(x), train)
-    h = conv(3, 'conv2')(nn.relu(h), train)
+    h = conv(3, 'conv2', pool=self.downsample)(nn.relu(h), train)
     shortcut = x
     if self.downsample or x.shape[-1] != self.features:
-      shortcut = conv(1, 'shortcut')(x, train)
-    if self.downsample:
-      h, shortcut = layers.avg_pool2(h), layers.avg_pool2(shortcut)
+      shortcut = conv(1, 'shortcut', pool=self.downsample)(x, train)
     return h + shortcut
 
 

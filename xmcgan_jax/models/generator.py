@@ -44,6 +44,23 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
                  use_bias=False, kernel_init=layers.kernel_init, name=name)
 
 
+class UpConv(nn.Module):
+  """Nearest 2x upsampling, then a bias-free 3x3 'SAME' conv, computed
+  sub-pixel (layers.conv_after_upsample2: exact, 56% fewer FLOPs).
+
+  Its parameter is the (3, 3, I, O) kernel of the upsampled input, named and
+  shaped as the nn.Conv it replaces, so checkpoints load either way.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', layers.kernel_init,
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    return layers.conv_after_upsample2(x, kernel, self.dtype)
+
+
 class OutputConv(nn.Module):
   """The 3x3 conv to RGB, its output channels zero-padded for the hardware.
 
@@ -80,7 +97,8 @@ class OutputConv(nn.Module):
 class GenBlock(nn.Module):
   """Up-sampling residual block with (local) conditional BatchNorm.
 
-  main: CBN -> ReLU -> up x2 -> conv3x3 -> CBN -> ReLU -> conv3x3;
+  main: CBN -> ReLU -> up x2 -> conv3x3 -> CBN -> ReLU -> conv3x3, where
+  "up x2 -> conv3x3" is one sub-pixel conv at the input resolution (UpConv);
   shortcut: conv1x1 -> up x2 (a 1x1 conv commutes with nearest upsampling, so
   it runs at the input resolution: 4x fewer FLOPs, same result).
   `cond` is a vector (B, D) for CBN or a 16x16 map (B, 16, 16, D) for local CBN.
@@ -96,8 +114,7 @@ class GenBlock(nn.Module):
         c, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
         bn_group_size=self.bn_group_size, name=name)
     h = nn.relu(cbn(x.shape[-1], 'cbn1')(x, cond, train))
-    h = layers.upsample_nearest(h, 2)
-    h = _conv(self.features, 3, self.dtype, 'conv1')(h)
+    h = UpConv(self.features, self.dtype, name='conv1')(h)
     h = nn.relu(cbn(self.features, 'cbn2')(h, cond, train))
     h = _conv(self.features, 3, self.dtype, 'conv2')(h)
     shortcut = _conv(self.features, 1, self.dtype, 'shortcut')(x)

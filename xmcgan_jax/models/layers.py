@@ -9,6 +9,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -29,6 +30,49 @@ def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
   b, h, w, c = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
   return x.reshape(b, h * factor, w * factor, c)
+
+
+# Rows (or columns) of the low-resolution input that each output phase of
+# "nearest 2x upsampling, then a 3-tap conv" reads, and the taps summed on
+# each: even outputs 2i read x[i-1] (tap 0) and x[i] (taps 1+2); odd outputs
+# 2i+1 read x[i] (taps 0+1) and x[i+1] (tap 2).
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],
+                        [[1, 1, 0], [0, 0, 1]]], np.float32)
+
+
+def conv_after_upsample2(x: jax.Array, kernel: jax.Array,
+                         dtype: Dtype = jnp.float32) -> jax.Array:
+  """conv3x3_SAME(upsample_nearest(x, 2), kernel), computed sub-pixel.
+
+  Each of the 4 output phases is a 2x2-tap conv of the low-resolution input,
+  so one VALID 2x2 conv with 4x the output channels over the 1-padded input
+  computes them all, and depth-to-space interleaves them: 16 taps per input
+  pixel instead of 36 per output 2x2, 56% fewer FLOPs, and the upsampled
+  input is never written. Exact for any input size.
+
+  Args:
+    x: (B, H, W, I).
+    kernel: (3, 3, I, O) 'SAME' kernel of the upsampled input.
+    dtype: compute dtype.
+
+  Returns:
+    (B, 2H, 2W, O).
+  """
+  b, h, w, _ = x.shape
+  out = kernel.shape[-1]
+  taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
+  # phases[r, s, i, a, c, o] = sum_uv taps[a, r, u] taps[c, s, v] kernel[u, v]
+  phases = jnp.einsum('aru,csv,uvio->rsiaco', taps, taps, kernel)
+  phases = phases.reshape(2, 2, kernel.shape[2], 4 * out)
+  y = jax.lax.conv_general_dilated(
+      jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0))),
+      phases.astype(dtype), (1, 1), 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = y.reshape(b, h + 1, w + 1, 2, 2, out)
+  # Phase (a, c) of output (2i+a, 2j+c) sits at y[i+a, j+c, a, c].
+  rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in (0, 1)], axis=3)
+          for a in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, out)
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
@@ -186,11 +230,30 @@ class SpectralDense(nn.Module):
     return y
 
 
+def pooled_kernel(kernel: jax.Array) -> jax.Array:
+  """The stride-2 kernel of a 'SAME' conv followed by 2x2 average pooling.
+
+  For a (k, k, I, O) kernel, avg_pool2(conv_SAME(x, kernel)) equals a stride-2
+  conv of x with this (k+1, k+1, I, O) kernel (the kernel convolved with a
+  2x2 box, divided by 4) and padding k // 2 on each side. For k = 3: 16 taps
+  at a quarter of the positions instead of 9 at all of them, 56% fewer
+  FLOPs, and the full-resolution output is never written.
+  """
+  return sum(jnp.pad(kernel, ((a, 1 - a), (b, 1 - b), (0, 0), (0, 0)))
+             for a in (0, 1) for b in (0, 1)) / 4
+
+
 class SpectralConv(nn.Module):
-  """'SAME' stride-1 NHWC convolution with a spectrally normalised kernel."""
+  """NHWC convolution with a spectrally normalised kernel.
+
+  'SAME' stride 1; with `pool`, followed by 2x2 average pooling (even sizes),
+  computed exactly as one stride-2 conv of the pooled kernel (pooled_kernel).
+  The parameter is the k x k kernel either way, and spectral norm acts on it.
+  """
   features: int
   kernel_size: int = 3
   dtype: Dtype = jnp.float32
+  pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
@@ -198,8 +261,14 @@ class SpectralConv(nn.Module):
     kernel = self.param('kernel', kernel_init,
                         (k, k, x.shape[-1], self.features), jnp.float32)
     kernel = _spectral_normalize(self, kernel, update_stats)
+    strides, padding = (1, 1), 'SAME'
+    if self.pool and k == 1:  # Pooling first is exact and 4x cheaper.
+      x = avg_pool2(x)
+    elif self.pool:
+      kernel = pooled_kernel(kernel)
+      strides, padding = (2, 2), ((k // 2, k // 2), (k // 2, k // 2))
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), 'SAME',
+        x.astype(self.dtype), kernel.astype(self.dtype), strides, padding,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     bias = self.param('bias', nn.initializers.zeros, (self.features,),
                       jnp.float32)
