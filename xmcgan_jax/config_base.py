@@ -90,6 +90,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # Scalars to TensorBoard and console.
   c.checkpoint_every_steps = 5_000  # Also saved at the end and on SIGTERM.
   c.keep_checkpoints = 3  # Most recent checkpoints kept.
+  # JAX's persistent compilation cache: a restarted or resumed job loads its
+  # compiled step instead of compiling again. '' = WORKDIR/jax_cache; the
+  # JAX_COMPILATION_CACHE_DIR environment variable wins over both.
+  c.compilation_cache_dir = ''
   c.sample_every_steps = 5_000  # Sample grids of fixed eval captions.
   c.num_sample_captions = 16  # Captions in the sample grid.
 

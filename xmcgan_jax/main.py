@@ -80,6 +80,23 @@ def _initialize_distributed(jax) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def _enable_compilation_cache(jax, workdir: str) -> None:
+  """JAX's persistent compilation cache (config.compilation_cache_dir).
+
+  Compiles that take over a second are stored, so a resumed, restarted or
+  preempted job (and the eval job beside it) skips them. An explicit
+  JAX_COMPILATION_CACHE_DIR wins.
+  """
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  config = flags.FLAGS.config
+  path = paths.resolve(config.get('compilation_cache_dir', '')
+                       if config is not None else '')
+  jax.config.update('jax_compilation_cache_dir',
+                    path or os.path.join(workdir, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with one-line errors (status 2) for config flags.
 
@@ -109,6 +126,7 @@ def main(argv):
   except errors.UserError as e:
     console.exit_with_error(e)
   import jax  # pylint: disable=g-import-not-at-top
+  _enable_compilation_cache(jax, workdir)
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
                                      _several_processes()):
     _initialize_distributed(jax)

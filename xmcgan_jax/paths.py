@@ -19,7 +19,7 @@ CONFIG_FILE = 'config.json'
 
 # Config fields that hold a file or directory path ('' = unset).
 PATH_FIELDS = ('data_dir', 'manual_dir', 'inception_weights', 'fid_stats_dir',
-               'image_encoder.weights')
+               'image_encoder.weights', 'compilation_cache_dir')
 
 
 def missing_run(workdir: str) -> errors.MissingFileError:
