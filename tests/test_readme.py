@@ -85,6 +85,8 @@ def newcomer(tmp_path_factory):
   os.symlink(os.path.join(ROOT, 'configs'), home / 'configs')
   env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT)
   env.pop('TFDS_DATA_DIR', None)
+  # The run's own compilation cache (WORKDIR/jax_cache), as a user gets it.
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
   # One CPU device, as on a newcomer's laptop (conftest fakes 8 for the
   # in-process tests).
   env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
@@ -118,6 +120,7 @@ def test_main_command_with_relative_workdir(trained):
   home, _, result = trained
   workdir = home / 'workdirs' / 'shapes'
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
+  assert os.listdir(workdir / 'jax_cache')  # The compiled step, for resuming.
   assert (home / 'tensorflow_datasets').is_dir()  # TFDS's default data_dir.
   # config.json holds absolute paths, so other jobs find the same files.
   with open(workdir / 'config.json') as f:

@@ -88,15 +88,15 @@ def import_tensorflow(backend: str, verbosity: int = 0):
       try:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         _hide_accelerators(tf)  # Lists the devices: the cuInit probe.
-      finally:
+      finally:  # Also when the import fails: its own lines are kept.
         os.dup2(saved, 2)
         os.close(saved)
         captured.seek(0)
         text = captured.read().decode('utf-8', 'replace')
-    kept = [line for line in text.splitlines()
-            if line.strip() and not any(p in line for p in _PROBE_LINES)]
-    if kept:
-      print('\n'.join(kept), file=sys.stderr, flush=True)
+        kept = [line for line in text.splitlines()
+                if line.strip() and not any(p in line for p in _PROBE_LINES)]
+        if kept:
+          print('\n'.join(kept), file=sys.stderr, flush=True)
     return tf
   _hide_accelerators(tf)
   return tf
