@@ -120,11 +120,18 @@ def main(argv):
   if _MODE.value == 'train' and flags.FLAGS.config is None:
     raise app.UsageError('--mode=train needs --config=configs/<name>.py.')
   console.quiet_libraries(flags.FLAGS.verbosity)
-  workdir = paths.resolve(_WORKDIR.value)
   try:
-    _check_before_jax(workdir)
+    _start_and_run(paths.resolve(_WORKDIR.value))
   except errors.UserError as e:
     console.exit_with_error(e)
+  except errors.CheckpointSaveError as e:
+    # Orbax's abandoned save threads would hold the interpreter for minutes.
+    console.exit_with_error(e, status=1, hard=True)
+
+
+def _start_and_run(workdir: str) -> None:
+  """Checks the user's input, starts JAX (and TensorFlow), runs --mode."""
+  _check_before_jax(workdir)
   import jax  # pylint: disable=g-import-not-at-top
   _enable_compilation_cache(jax, workdir)
   if _MULTIPROCESS.value == 'on' or (_MULTIPROCESS.value == 'auto' and
@@ -140,13 +147,7 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  try:
-    _run_mode(workdir)
-  except errors.UserError as e:
-    console.exit_with_error(e)
-  except errors.CheckpointSaveError as e:
-    # Orbax's abandoned save threads would hold the interpreter for minutes.
-    console.exit_with_error(e, status=1, hard=True)
+  _run_mode(workdir)
 
 
 def _check_before_jax(workdir: str) -> None:
