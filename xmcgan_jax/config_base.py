@@ -22,7 +22,10 @@ IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
 def get_base_config() -> ml_collections.ConfigDict:
   """Paper defaults (COCO-like); each config file overrides what differs."""
   c = ml_collections.ConfigDict()
-  c.seed = 0  # Model init, noise and data order all derive from it.
+  c.seed = 0  # Model init and noise; also the data order unless data_seed.
+  # Data order, caption choice and flips; -1: seed. Fixing it lets seeds of
+  # a study differ in initialisation and noise only.
+  c.data_seed = -1
 
   # Data.
   c.dataset = 'shapes'  # One of DATASETS.
@@ -105,6 +108,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def data_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of the data order (config.data_seed; -1 means config.seed)."""
+  return config.seed if config.data_seed == -1 else config.data_seed
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None) -> None:
   """Raises ValueError naming the first bad field of `config`.
@@ -127,6 +135,8 @@ def validate(config: ml_collections.ConfigDict,
       1 <= config.shapes_max_objects <= config.shapes_grid**2):
     bad('shapes_max_objects', config.shapes_max_objects,
         f'must be in [1, {config.shapes_grid**2}] (the cells of the grid).')
+  if config.data_seed < -1:
+    bad('data_seed', config.data_seed, 'use -1 (same as seed) or a seed >= 0.')
   if config.max_tokens < 3:
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
   if config.dtype not in ('float32', 'bfloat16'):

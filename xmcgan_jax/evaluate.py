@@ -32,6 +32,7 @@ from clu import metric_writers
 
 from xmcgan_jax import sample as sample_lib
 from xmcgan_jax import checkpointing
+from xmcgan_jax import config_base
 from xmcgan_jax import errors
 from xmcgan_jax import paths
 from xmcgan_jax.data import pipeline
@@ -211,7 +212,7 @@ class Evaluator:
         if len(self.captions) > 100:
           out[f'{name}/r_precision'] = r_precision.r_precision(
               shapes_oracle.embed_labels(labels),
-              self.caption_embeddings, seed=c.seed)
+              self.caption_embeddings, seed=config_base.data_seed(c))
       if self.inception is not None:
         out[f'{name}/fid'] = fid.frechet_distance(
             *self.real_stats, *fid.statistics(np.concatenate(pools)))
@@ -224,7 +225,7 @@ class Evaluator:
       if len(self.captions) > 100:
         out['real/r_precision'] = r_precision.r_precision(
             shapes_oracle.embed_labels(self.real_oracle_labels),
-            self.caption_embeddings, seed=c.seed)
+            self.caption_embeddings, seed=config_base.data_seed(c))
     out['num_images'] = len(self.captions)
     return out
 

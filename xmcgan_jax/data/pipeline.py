@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from xmcgan_jax import config_base
 from xmcgan_jax import errors
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import shapes
@@ -360,7 +361,7 @@ def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
 
   Args:
     config: experiment config (dataset, data_dir, manual_dir, image_size,
-      max_tokens, seed, shuffle_buffer, shapes_*).
+      max_tokens, seed, data_seed, shuffle_buffer, shapes_*).
     tokenizer: the text encoder's tokenizer.
     process_index, process_count: this process among all.
     prepare_data: build the dataset files if missing.
@@ -374,7 +375,7 @@ def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
   return InputPipeline(
       builder=builder, spec=DATASETS[config.dataset], tokenizer=tokenizer,
       image_size=config.image_size, max_tokens=config.max_tokens,
-      seed=config.seed, process_index=process_index,
+      seed=config_base.data_seed(config), process_index=process_index,
       process_count=process_count, shuffle_buffer=config.shuffle_buffer,
       random_flip=config.random_flip, mirror_pairs=config.mirror_pairs)
 
