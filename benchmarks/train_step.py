@@ -15,7 +15,7 @@ import argparse
 import json
 import statistics
 import time
-from typing import Tuple
+from typing import Dict
 
 import jax
 import numpy as np
@@ -87,9 +87,10 @@ def build(config, text_dim: int, mesh, with_bert: bool = False):
 
 
 def model_tflop(config, text_dim: int, n_devices: int,
-                with_bert: bool = False) -> Tuple[float, float]:
+                with_bert: bool = False) -> Dict[str, float]:
   """TFLOP of one step (all devices) and GiB of one device's buffers, from
-  the CPU backend's cost and memory analyses of the per-device program.
+  the CPU backend's cost and memory analyses of the per-device program,
+  with the seconds that program took to lower and compile on the CPU.
 
   The memory is XLA's buffer assignment (arguments + outputs + temporaries
   - donated aliases) on the CPU: an estimate of the device footprint that
@@ -111,14 +112,28 @@ def model_tflop(config, text_dim: int, n_devices: int,
                    sharded)
   frozen = ({'text_encoder': abstract(encoder.params, replicated)}
             if encoder else {})
-  compiled = step.jitted.lower(state, batch, frozen).compile()
+  compiled, lower_s, compile_s = lower_and_compile(step, state, batch, frozen)
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   memory = compiled.memory_analysis()
   gib = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
          memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**30
-  return float(cost['flops']) * n_devices / 1e12, gib
+  return {'tflop': float(cost['flops']) * n_devices / 1e12, 'xla_gib': gib,
+          'cpu_lower_s': lower_s, 'cpu_compile_s': compile_s}
+
+
+def lower_and_compile(step, state, batch, frozen):
+  """(compiled step, seconds to trace and lower, seconds for XLA to compile).
+
+  Tracing + lowering is JAX's Python side (grows with the program's op
+  count); compiling is XLA's (optimisation passes, autotuning on GPU).
+  """
+  start = time.perf_counter()
+  lowered = step.jitted.lower(state, batch, frozen)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
 def _configure(name: str, args):
@@ -146,29 +161,25 @@ def run(name: str, args) -> dict:
             'text_encoder': 'bert-in-step' if args.bert else 'features',
             'remat': args.remat}
   if args.flops_only:
-    record['tflop'], record['xla_gib'] = model_tflop(config, args.text_dim, n,
-                                                     args.bert)
+    record.update(model_tflop(config, args.text_dim, n, args.bert))
     return record
   mesh = parallel.make_mesh()
   step, state, batch, frozen = build(config, args.text_dim, mesh, args.bert)
-  compile_start = time.perf_counter()
-  state, metrics = step(state, batch, frozen)
-  jax.block_until_ready(metrics)
-  record['compile_s'] = time.perf_counter() - compile_start
+  compiled, record['lower_s'], record['compile_s'] = lower_and_compile(
+      step, state, batch, frozen)
   for _ in range(args.warmup):
-    state, metrics = step(state, batch, frozen)
-  jax.block_until_ready(metrics)
+    state, metrics = compiled(state, batch, frozen)
+  jax.block_until_ready(state)
   times = []
   for _ in range(args.steps):
     start = time.perf_counter()
-    state, metrics = step(state, batch, frozen)
+    state, metrics = compiled(state, batch, frozen)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   record['step_s'] = statistics.median(times)
   record['peak_gib'] = common.peak_memory_gib(jax.devices()[0])
   if args.flops:
-    record['tflop'], record['xla_gib'] = model_tflop(config, args.text_dim, n,
-                                                     args.bert)
+    record.update(model_tflop(config, args.text_dim, n, args.bert))
   return record
 
 
@@ -183,14 +194,23 @@ def table_row(record: dict) -> list:
           record['batch'], record['text_encoder'],
           fmt(step_s and 1e3 * step_s, '{:.1f}'),
           fmt(step_s and record['images_per_step'] / step_s, '{:.0f}'),
-          fmt(tflop, '{:.3g}'), mfu, fmt(record.get('peak_gib'), '{:.1f}'),
+          fmt(tflop, '{:.3g}'),
+          fmt(tflop and 1e3 * tflop / record['images_per_step'], '{:.3g}'),
+          mfu, fmt(record.get('peak_gib'), '{:.1f}'),
           fmt(record.get('xla_gib'), '{:.1f}'),
-          fmt(record.get('compile_s'), '{:.0f}')]
+          fmt(record.get('lower_s'), '{:.1f}'),
+          fmt(record.get('compile_s'), '{:.1f}'),
+          fmt(record.get('cpu_lower_s'), '{:.1f}'),
+          fmt(record.get('cpu_compile_s'), '{:.1f}')]
 
 
+# GFLOP/img: model FLOPs per real image (every sub-batch's real images).
+# lower/compile s: this device's trace+lower and XLA compile of the step;
+# CPU lower/compile s: the same for the cost analysis' CPU program.
 HEADER = ['config', 'px', 'dtype', 'devices', 'batch/dev x sub', 'text',
-          'step ms', 'real img/s', 'TFLOP/step', 'MFU', 'peak GiB',
-          'XLA GiB/dev', 'compile s']
+          'step ms', 'real img/s', 'TFLOP/step', 'GFLOP/img', 'MFU',
+          'peak GiB', 'XLA GiB/dev', 'lower s', 'compile s', 'CPU lower s',
+          'CPU compile s']
 
 
 def main():

@@ -135,6 +135,22 @@ def test_gradients_reach_the_generator_not_the_encoder(keras_vgg19):
   assert float(jnp.abs(g_images).max()) > 0
 
 
+@pytest.mark.parametrize('name', ['vgg19', 'resnet50'])
+def test_bfloat16_encoder_computes_in_bfloat16_close_to_float32(
+    name, keras_vgg19, keras_resnet50):
+  _, path = {'vgg19': keras_vgg19, 'resnet50': keras_resnet50}[name]
+  f32 = ie.load_image_encoder(name, path)
+  bf16 = ie.load_image_encoder(name, path, dtype=jnp.bfloat16)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16.params))
+  images = jnp.asarray(_images(2, 64))
+  jaxpr = str(jax.make_jaxpr(bf16.features_fn())(bf16.params, images))
+  convs = [line for line in jaxpr.splitlines() if 'conv_general_dilated' in line]
+  assert convs and all('bf16[' in line for line in convs)
+  got = bf16.features_fn()(bf16.params, images)
+  assert got.dtype == jnp.float32
+  _close(got, f32.features_fn()(f32.params, images), rtol=5e-2)
+
+
 def test_train_step_with_resnet50_on_eight_devices(keras_resnet50):
   _, path = keras_resnet50
   encoder = ie.load_image_encoder('resnet50', path)

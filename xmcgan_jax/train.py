@@ -171,7 +171,8 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
   if config.image_encoder.name != 'none':
     image_encoder = image_encoders.load_image_encoder(
         config.image_encoder.name, config.image_encoder.weights,
-        config.image_encoder.feature, config.image_encoder.preprocess)
+        config.image_encoder.feature, config.image_encoder.preprocess,
+        dtype=jnp.dtype(config.dtype))
   step_fn = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
       builders.build_step_config(config), text_encoder=text.features_fn(),

@@ -273,9 +273,13 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     if w.image_d:
       terms['g_image_d'] = nce(fake.pooled, real.pooled)
     if use_pretrained:
-      both = image_encoder(frozen['image_encoder'],
-                           jnp.concatenate([real_images, fake_images]))
-      terms['g_image_pretrained'] = nce(both[:b], both[b:])
+      # Two calls, not one on the concatenation: the real half is a constant
+      # of G, so its forward needs no backward (one call would compute the
+      # input gradient of the whole batch through the encoder).
+      params = frozen['image_encoder']
+      real_features = jax.lax.stop_gradient(image_encoder(params, real_images))
+      terms['g_image_pretrained'] = nce(real_features,
+                                        image_encoder(params, fake_images))
     scale = {'g_adv': w.adversarial, 'g_sentence': w.sentence,
              'g_word': w.word, 'g_image_d': w.image_d,
              'g_image_pretrained': w.image_pretrained}

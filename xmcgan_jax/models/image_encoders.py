@@ -50,7 +50,10 @@ def preprocess(images: jax.Array, mode: str, size: int = 224) -> jax.Array:
 
 
 class FrozenBatchNorm(nn.Module):
-  """Inference BatchNorm: (x - mean) / sqrt(var + eps) * scale + bias."""
+  """Inference BatchNorm: (x - mean) / sqrt(var + eps) * scale + bias.
+
+  Folded into one multiply-add in float32, applied in x's dtype.
+  """
   epsilon: float = 1.001e-5
 
   @nn.compact
@@ -60,30 +63,39 @@ class FrozenBatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (c,))
     mean = self.param('mean', nn.initializers.zeros, (c,))
     var = self.param('var', nn.initializers.ones, (c,))
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    factor = jax.lax.rsqrt(var + self.epsilon) * scale
+    return x * factor.astype(x.dtype) + (bias - mean * factor).astype(x.dtype)
 
 
 class VGG19(nn.Module):
-  """VGG-19 returning `feature`: pool5 (flattened), fc6, fc7 or logits."""
+  """VGG-19 returning `feature`: pool5 (flattened), fc6, fc7 or logits.
+
+  Attributes:
+    feature: the output.
+    dtype: compute dtype (params stay float32).
+  """
   feature: str = 'fc7'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
     for b, channels in enumerate(VGG19_BLOCKS, 1):
       for i, c in enumerate(channels, 1):
-        x = nn.relu(nn.Conv(c, (3, 3), padding='SAME',
+        x = nn.relu(nn.Conv(c, (3, 3), padding='SAME', dtype=self.dtype,
                             name=f'block{b}_conv{i}')(x))
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))  # (H, W, C) order, as Keras' Flatten.
     if self.feature == 'pool5':
       return x
-    x = nn.relu(nn.Dense(4096, name='fc1')(x))
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
+    x = nn.relu(dense(4096, 'fc1')(x))
     if self.feature == 'fc6':
       return x
-    x = nn.relu(nn.Dense(4096, name='fc2')(x))
+    x = nn.relu(dense(4096, 'fc2')(x))
     if self.feature == 'fc7':
       return x
-    return nn.Dense(1000, name='predictions')(x)  # Logits (no softmax).
+    return dense(1000, 'predictions')(x)  # Logits (no softmax).
 
 
 class ResNet50(nn.Module):
@@ -95,17 +107,20 @@ class ResNet50(nn.Module):
       1x1 conv) if True, v1.5 (torchvision: on the 3x3 conv) if False.
     conv_bias: convs carry biases (Keras) or not (torchvision).
     bn_epsilon: 1.001e-5 (Keras) or 1e-5 (torchvision).
+    dtype: compute dtype (params stay float32).
   """
   feature: str = 'logits'
   stride_in_1x1: bool = True
   conv_bias: bool = True
   bn_epsilon: float = 1.001e-5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
     conv = lambda c, k, s, name: nn.Conv(
         c, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-        use_bias=self.conv_bias, name=name)
+        use_bias=self.conv_bias, dtype=self.dtype, name=name)
     bn = lambda name: FrozenBatchNorm(self.bn_epsilon, name=name)
     x = nn.relu(bn('conv1_bn')(conv(64, 7, 2, 'conv1_conv')(x)))
     # Zero padding == -inf padding after a ReLU.
@@ -121,10 +136,10 @@ class ResNet50(nn.Module):
         if block == 1:
           x = bn(f'{name}_0_bn')(conv(4 * width, 1, stride, f'{name}_0_conv')(x))
         x = nn.relu(x + h)
-    x = jnp.mean(x, axis=(1, 2))
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # Sum in float32.
     if self.feature == 'pool':
       return x
-    return nn.Dense(1000, name='predictions')(x)
+    return nn.Dense(1000, dtype=self.dtype, name='predictions')(x)
 
 
 # Flax param names per Keras layer kind, in Keras weight order.
@@ -220,35 +235,41 @@ class ImageEncoder:
     return features
 
 
-def build_image_encoder(name: str, feature: str = '', layout: str = 'keras'
-                        ) -> Tuple[nn.Module, str]:
+def build_image_encoder(name: str, feature: str = '', layout: str = 'keras',
+                        dtype: Any = jnp.float32) -> Tuple[nn.Module, str]:
   """(module, default preprocessing) for 'vgg19' or 'resnet50'.
 
   Args:
     name: 'vgg19' or 'resnet50'.
     feature: '' for the default (vgg19: fc7, resnet50: logits).
     layout: 'keras' (Keras application weights) or 'torch' (torchvision).
+    dtype: compute dtype (the run's: bfloat16 halves the encoder's cost on
+      accelerators; its features feed a loss, not a measurement).
+
+  Returns:
+    The module and its default preprocessing mode.
   """
   if name == 'vgg19':
     feature = feature or 'fc7'
     if feature not in VGG19_FEATURES:
       raise errors.ConfigError(f'image_encoder.feature={feature!r}; VGG-19 offers '
                        f'{VGG19_FEATURES}.')
-    return VGG19(feature), 'caffe' if layout == 'keras' else 'torch'
+    return VGG19(feature, dtype), 'caffe' if layout == 'keras' else 'torch'
   if name == 'resnet50':
     feature = feature or 'logits'
     if feature not in RESNET50_FEATURES:
       raise errors.ConfigError(f'image_encoder.feature={feature!r}; ResNet-50 offers '
                        f'{RESNET50_FEATURES}.')
     if layout == 'keras':
-      return ResNet50(feature), 'caffe'
+      return ResNet50(feature, dtype=dtype), 'caffe'
     return ResNet50(feature, stride_in_1x1=False, conv_bias=False,
-                    bn_epsilon=1e-5), 'torch'
+                    bn_epsilon=1e-5, dtype=dtype), 'torch'
   raise ValueError(f"image_encoder.name={name!r}; use 'vgg19' or 'resnet50'.")
 
 
 def load_image_encoder(name: str, weights: str, feature: str = '',
-                       preprocess_mode: str = '') -> ImageEncoder:
+                       preprocess_mode: str = '',
+                       dtype: Any = jnp.float32) -> ImageEncoder:
   """Loads a frozen encoder from a Keras .h5 or a converted torchvision .npz.
 
   Args:
@@ -257,6 +278,7 @@ def load_image_encoder(name: str, weights: str, feature: str = '',
       xmcgan_jax.convert_torchvision).
     feature: which output (see build_image_encoder).
     preprocess_mode: override the normalisation ('caffe', 'torch', 'none').
+    dtype: compute dtype; the params load as float32.
 
   Returns:
     The ImageEncoder.
@@ -273,6 +295,6 @@ def load_image_encoder(name: str, weights: str, feature: str = '',
     layout, table = 'keras', read_keras_h5(weights)
   else:
     raise ValueError(f'{weights}: unknown weight format; use .h5 or .npz.')
-  module, mode = build_image_encoder(name, feature, layout)
+  module, mode = build_image_encoder(name, feature, layout, dtype)
   params = assign_params(module, table, weights)
   return ImageEncoder(module, params, preprocess_mode or mode)
