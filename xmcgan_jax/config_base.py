@@ -109,8 +109,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def data_seed(config: ml_collections.ConfigDict) -> int:
-  """The seed of the data order (config.data_seed; -1 means config.seed)."""
-  return config.seed if config.data_seed == -1 else config.data_seed
+  """The seed of the data order (config.data_seed; -1 or absent: config.seed).
+
+  Configs built before the field existed (or by hand) have no data_seed.
+  """
+  seed = config.get('data_seed', -1)
+  return config.seed if seed == -1 else seed
 
 
 def validate(config: ml_collections.ConfigDict,
@@ -135,7 +139,7 @@ def validate(config: ml_collections.ConfigDict,
       1 <= config.shapes_max_objects <= config.shapes_grid**2):
     bad('shapes_max_objects', config.shapes_max_objects,
         f'must be in [1, {config.shapes_grid**2}] (the cells of the grid).')
-  if config.data_seed < -1:
+  if config.get('data_seed', -1) < -1:
     bad('data_seed', config.data_seed, 'use -1 (same as seed) or a seed >= 0.')
   if config.max_tokens < 3:
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
