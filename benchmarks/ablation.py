@@ -70,9 +70,6 @@ GRID_CAPTIONS = (
     'a small red square in the bottom left',
 )
 
-ORACLE_FILE = 'shapes_oracle_grid{grid}.msgpack'  # As the eval job names it.
-
-
 def _value(text: str) -> object:
   """A --set value as int, float, bool or str."""
   for cast in (int, float):
@@ -191,8 +188,10 @@ def run_one(args: argparse.Namespace, name: str, seed: int,
     flags = [f'--config.{k}={v}' for k, v in overrides.items()]
     train_s = _run(_main_command(f'--config={args.config}',
                                  f'--workdir={run_dir}', *flags), log_path)
-    shared = os.path.join(args.workdir, ORACLE_FILE.format(grid=grid))
-    local = os.path.join(run_dir, ORACLE_FILE.format(grid=grid))
+    from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+    name_of_oracle = shapes_oracle.oracle_file_name(grid)  # The eval job's.
+    shared = os.path.join(args.workdir, name_of_oracle)
+    local = os.path.join(run_dir, name_of_oracle)
     if os.path.exists(shared) and not os.path.exists(local):
       shutil.copy(shared, local)  # One oracle scores every run.
     eval_s = _run(_main_command('--mode=eval', f'--workdir={run_dir}'),
