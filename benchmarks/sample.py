@@ -8,6 +8,7 @@ encoder runs on token ids in the same jitted call (captions in, images out).
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -59,7 +60,11 @@ def run(name: str, args) -> list:
           f'{jax.device_count()}x {jax.devices()[0].device_kind}',
           args.batch, 'bert-in-call' if args.bert else 'features',
           f'{1e3 * median:.1f}', f'{args.batch / median:.0f}',
-          f'{compile_s:.0f}']
+          f'{compile_s:.0f}', jax.__version__]
+
+
+HEADER = ['config', 'px', 'dtype', 'devices', 'batch', 'text', 'ms/batch',
+          'images/s', 'compile s', 'jax']
 
 
 def main():
@@ -71,10 +76,16 @@ def main():
   parser.add_argument('--text_dim', type=int, default=768)
   parser.add_argument('--bert', action='store_true')
   parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--json_out', default='',
+                      help='write the rows here, each as soon as it exists')
   args = parser.parse_args()
-  rows = [run(name, args) for name in args.configs.split(',')]
-  common.print_table(['config', 'px', 'dtype', 'devices', 'batch', 'text',
-                      'ms/batch', 'images/s', 'compile s'], rows)
+  rows = []
+  for name in args.configs.split(','):
+    rows.append(run(name, args))
+    if args.json_out:
+      with open(args.json_out, 'w') as f:
+        json.dump([dict(zip(HEADER, row)) for row in rows], f, indent=1)
+  common.print_table(HEADER, rows)
 
 
 if __name__ == '__main__':

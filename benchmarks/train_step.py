@@ -2,6 +2,9 @@
 
   python -m benchmarks.train_step --configs=tiny --steps=5
   python -m benchmarks.train_step --configs=coco,coco_128 --per_device_batch=32
+  python -m benchmarks.train_step --configs=coco_128,coco --per_device_batch=32 \
+      --bert --flops_only --json_out=benchmarks/flops.json   # the committed FLOPs
+  python -m benchmarks.train_step --configs=coco --bert --max_batch=64,128,256
 
 Prints one markdown table row per config: device, batch, median step time,
 real images/s (every sub-batch's real images count), model TFLOP per step,
@@ -15,7 +18,7 @@ import argparse
 import json
 import statistics
 import time
-from typing import Dict
+from typing import Callable, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -149,24 +152,56 @@ def _configure(name: str, args):
   return config, n
 
 
-def run(name: str, args) -> dict:
-  """Times one config; returns a result record."""
+def flops_from_json(record: dict, path: str) -> Optional[dict]:
+  """Model FLOPs for `record` from a JSON of `--flops_only` records.
+
+  Looks up the record of the same config, image size and text encoder and
+  scales its FLOPs per real image to `record`'s images per step (exact when
+  the per-device batch is the same; the contrastive terms grow with the
+  batch squared, a small share). Returns {'tflop', 'flops_from'} or None.
+  """
+  with open(path) as f:
+    known = json.load(f)
+  for other in known:
+    if (other['config'], other['px'], other['text_encoder']) == (
+        record['config'], record['px'], record['text_encoder']) and (
+            other.get('tflop')):
+      per_image = other['tflop'] / other['images_per_step']
+      return {'tflop': per_image * record['images_per_step'],
+              'flops_from': f'{path} (batch {other["batch"]})'}
+  return None
+
+
+def _base_record(name: str, config, n: int, args) -> dict:
+  return {'config': name + (' +remat' if args.remat else ''),
+          'px': config.image_size, 'dtype': config.dtype,
+          'devices': f'{n}x {jax.devices()[0].device_kind}',
+          'batch': f'{config.batch_size // n}x{config.d_steps_per_g_step}',
+          'images_per_step': config.batch_size * config.d_steps_per_g_step,
+          'n_devices': n, 'platform': jax.devices()[0].platform,
+          'jax': jax.__version__,
+          'text_encoder': 'bert-in-step' if args.bert else 'features',
+          'remat': args.remat}
+
+
+def run(name: str, args,
+        save: Callable[[dict], None] = lambda record: None) -> dict:
+  """Times one config; returns a result record.
+
+  `save(record)` is called after the compile and again at the end, so that a
+  process stopped while timing keeps its compile time.
+  """
   config, n = _configure(name, args)
-  record = {'config': name + (' +remat' if args.remat else ''),
-            'px': config.image_size, 'dtype': config.dtype,
-            'devices': f'{n}x {jax.devices()[0].device_kind}',
-            'batch': f'{config.batch_size // n}x{config.d_steps_per_g_step}',
-            'images_per_step': config.batch_size * config.d_steps_per_g_step,
-            'n_devices': n, 'platform': jax.devices()[0].platform,
-            'text_encoder': 'bert-in-step' if args.bert else 'features',
-            'remat': args.remat}
+  record = _base_record(name, config, n, args)
   if args.flops_only:
     record.update(model_tflop(config, args.text_dim, n, args.bert))
+    save(record)
     return record
   mesh = parallel.make_mesh()
   step, state, batch, frozen = build(config, args.text_dim, mesh, args.bert)
   compiled, record['lower_s'], record['compile_s'] = lower_and_compile(
       step, state, batch, frozen)
+  save(record)
   for _ in range(args.warmup):
     state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(state)
@@ -178,8 +213,49 @@ def run(name: str, args) -> dict:
     times.append(time.perf_counter() - start)
   record['step_s'] = statistics.median(times)
   record['peak_gib'] = common.peak_memory_gib(jax.devices()[0])
-  if args.flops:
+  if args.flops_json:
+    record.update(flops_from_json(record, args.flops_json) or {})
+  elif args.flops:
     record.update(model_tflop(config, args.text_dim, n, args.bert))
+  save(record)
+  return record
+
+
+def largest_batch(name: str, args, per_device_batches: List[int],
+                  save: Callable[[dict], None]) -> dict:
+  """The largest per-device batch of `per_device_batches` whose step runs.
+
+  Tries them in increasing order, each compiled and run for one step, and
+  stops at the first that does not fit in device memory (XLA's
+  RESOURCE_EXHAUSTED). `save(record)` after every try.
+  """
+  record = None
+  for per_device in sorted(per_device_batches):
+    args.per_device_batch = per_device
+    config, n = _configure(name, args)
+    if record is None:
+      record = _base_record(name, config, n, args)
+      record.update({'fits': [], 'does_not_fit': None})
+    try:
+      mesh = parallel.make_mesh()
+      step, state, batch, frozen = build(config, args.text_dim, mesh,
+                                         args.bert)
+      compiled, _, compile_s = lower_and_compile(step, state, batch, frozen)
+      state, metrics = compiled(state, batch, frozen)
+      jax.block_until_ready(metrics)
+    except Exception as e:  # pylint: disable=broad-except
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(
+          e).lower():
+        raise
+      record['does_not_fit'] = per_device
+      save(record)
+      break
+    record['fits'].append(per_device)
+    record['batch'] = f'{per_device}x{config.d_steps_per_g_step}'
+    record['compile_s'] = compile_s
+    record['peak_gib'] = common.peak_memory_gib(jax.devices()[0])
+    save(record)
+    del step, state, batch, frozen, compiled, metrics
   return record
 
 
@@ -234,7 +310,14 @@ def main():
   parser.add_argument('--flops_only', action='store_true',
                       help='only the CPU cost analysis (run it beside a GPU '
                       'timing process)')
-  parser.add_argument('--json_out', default='', help='write records here')
+  parser.add_argument('--flops_json', default='',
+                      help='take model FLOPs from these --flops_only records '
+                      '(no CPU compile; benchmarks/flops.json)')
+  parser.add_argument('--max_batch', default='',
+                      help='comma-separated per-device batches: report the '
+                      'largest whose step runs (first config only)')
+  parser.add_argument('--json_out', default='',
+                      help='write records here, each as soon as it exists')
   parser.add_argument('--combine', nargs='*', default=None,
                       help='JSON files of timings and FLOPs: print the table')
   args = parser.parse_args()
@@ -251,11 +334,24 @@ def main():
                                                  'step_s' not in r)})
     common.print_table(HEADER, [table_row(r) for r in records.values()])
     return
-  records = [run(name, args) for name in args.configs.split(',')]
-  if args.json_out:
-    with open(args.json_out, 'w') as f:
-      json.dump(records, f, indent=1)
-  common.print_table(HEADER, [table_row(r) for r in records])
+  done: List[dict] = []
+
+  def save(record: dict) -> None:
+    if args.json_out:
+      with open(args.json_out, 'w') as f:
+        json.dump(done + [record], f, indent=1)
+
+  names = args.configs.split(',')
+  if args.max_batch:
+    record = largest_batch(names[0], args,
+                           [int(b) for b in args.max_batch.split(',')], save)
+    print(f'{record["config"]} {record["px"]}px on {record["devices"]}: '
+          f'per-device batches that ran {record["fits"]}, first that did '
+          f'not fit {record["does_not_fit"]}')
+    return
+  for name in names:
+    done.append(run(name, args, save))
+  common.print_table(HEADER, [table_row(r) for r in done])
 
 
 if __name__ == '__main__':

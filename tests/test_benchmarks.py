@@ -1,0 +1,141 @@
+"""The benchmark scripts as their users run them: gpu.sh and the ablation.
+
+Both start whole processes from the repository root (benchmarks/ is not an
+installed package), with one CPU device and a fresh HOME.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import ablation
+from benchmarks import train_step as train_step_bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(tmp_path, **extra):
+  env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=ROOT, **extra)
+  env.pop('TFDS_DATA_DIR', None)
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
+      '--xla_force_host_platform_device_count=8', '')
+  return env
+
+
+def _run(command, env, timeout):
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, (command, result.stdout[-3000:],
+                                  result.stderr[-3000:])
+  return result
+
+
+def test_committed_flops_meet_the_budget_and_give_mfu():
+  """benchmarks/flops.json (the CPU cost analysis gpu.sh divides by) holds
+  both resolutions with BERT in the step, within the FLOP budget, and scales
+  per real image to another batch."""
+  path = os.path.join(ROOT, 'benchmarks', 'flops.json')
+  with open(path) as f:
+    known = {(r['config'], r['px']): r for r in json.load(f)}
+  for key, most_gflop in [(('coco_128', 128), 150), (('coco', 256), 520)]:
+    record = known[key]
+    assert record['text_encoder'] == 'bert-in-step' and record['batch'] == (
+        '32x2')
+    per_image = 1e3 * record['tflop'] / record['images_per_step']
+    assert 0.5 * most_gflop < per_image <= most_gflop, (key, per_image)
+    gpu = dict(record, images_per_step=2 * record['images_per_step'],
+               platform='gpu', n_devices=1, step_s=1.0)
+    flops = train_step_bench.flops_from_json(gpu, path)
+    assert flops['tflop'] == pytest.approx(2 * record['tflop'])
+    row = train_step_bench.table_row(dict(gpu, **flops))
+    mfu = row[train_step_bench.HEADER.index('MFU')]
+    assert mfu == f'{100 * 2 * record["tflop"] / 989.0:.1f}%'
+  other = dict(record, config='tiny')
+  assert train_step_bench.flops_from_json(other, path) is None
+
+
+def test_gpu_script_stops_before_its_budget(tmp_path):
+  """With no time left every part is skipped, the script still ends well."""
+  out = tmp_path / 'out'
+  result = _run(['bash', 'benchmarks/gpu.sh', '--dry_run'],
+                _env(tmp_path, OUT=str(out), GPU_SH_BUDGET_S='25'), 120)
+  parts = (out / 'parts.txt').read_text()
+  for name in ('step128', 'step256', 'sample256', 'max_batch256'):
+    assert f'[{name}] skipped' in parts, parts
+  assert 'done in' in result.stdout
+  assert 'jax' in (out / 'machine.txt').read_text()
+  wrong = subprocess.run(['bash', 'benchmarks/gpu.sh', 'step512'], cwd=ROOT,
+                         env=_env(tmp_path, OUT=str(out)),
+                         capture_output=True, text=True, timeout=60)
+  assert wrong.returncode == 2 and 'unknown part step512' in wrong.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run(tmp_path):
+  """`bash benchmarks/gpu.sh --dry_run`: every part on the tiny config."""
+  out = tmp_path / 'out'
+  _run(['bash', 'benchmarks/gpu.sh', '--dry_run'],
+       _env(tmp_path, OUT=str(out), GPU_SH_CACHE=str(tmp_path / 'cache')),
+       600)
+  parts = (out / 'parts.txt').read_text()
+  assert parts.count('rc=0') == 4, parts
+  for name in ('step128', 'step256'):
+    (record,) = json.loads((out / f'{name}.json').read_text())
+    assert record['compile_s'] > 0 and record['step_s'] > 0, record
+    assert record['jax'] and record['devices'] == '1x cpu', record
+  (sample,) = json.loads((out / 'sample256.json').read_text())
+  assert float(sample['images/s']) > 0
+  search = json.loads((out / 'max_batch256.json').read_text())[0]
+  assert search['fits'] == [2, 4] and search['does_not_fit'] is None
+  table = (out / 'gpu.md').read_text()
+  # Both step parts ran the tiny config here: one row of the same key.
+  assert table.count('| tiny | 64 |') == 1, table
+
+
+def test_ablation_help_documents_the_study():
+  result = _run([sys.executable, '-m', 'benchmarks.ablation', '--help'],
+                dict(os.environ, PYTHONPATH=ROOT), 120)
+  for text in ('--variants', '--seeds', 'hinge_only', 'resumes',
+               'summary.md'):
+    assert text in result.stdout, text
+
+
+@pytest.mark.slow
+def test_ablation_two_variants_end_to_end(tmp_path):
+  """Two variants, one seed, two steps of the tiny config: trained, scored by
+  one (pre-placed, quick) oracle, tabled, with a grid each; a second call
+  trains nothing."""
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'ablation'
+  workdir.mkdir()
+  shapes_oracle.ShapesOracle.load_or_train(
+      str(workdir / shapes_oracle.oracle_file_name(2)), train_examples=64,
+      steps=5, grid=2)
+  command = [sys.executable, '-m', 'benchmarks.ablation',
+             '--config=configs/tiny.py', f'--workdir={workdir}',
+             '--variants=full,hinge_only', '--seeds=1',
+             '--set', 'num_train_steps=2', '--set', 'eval_num_samples=16']
+  env = _env(tmp_path)
+  _run(command, env, 900)
+  with open(workdir / 'runs.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['variant'], r['seed'], r['step']) for r in rows] == [
+      ('full', '0', '2'), ('hinge_only', '0', '2')]
+  for row in rows:
+    assert 0 <= float(row['raw/oracle_colour_accuracy']) <= 1
+    assert float(row['steps_per_second']) > 0
+  table = (workdir / 'summary.md').read_text()
+  assert '| full | 1 |' in table and '| hinge_only | 1 |' in table
+  for name in ('full', 'hinge_only'):
+    assert os.path.getsize(workdir / 'grids' / f'{name}.png') > 1000
+  with open(workdir / 'hinge_only' / 'seed0' / 'config.json') as f:
+    config = json.load(f)
+  assert config['loss_weights']['sentence'] == 0.0 and config['seed'] == 0
+  second = _run(command, env, 300)
+  assert 'training' not in second.stdout  # Finished runs are skipped.
+  assert ablation.VARIANTS['full'][0] == {}
