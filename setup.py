@@ -21,6 +21,8 @@ setuptools.setup(
         'clu>=0.0.10',
         'ml-collections>=0.1.1',
         'orbax-checkpoint>=0.6',
+        'safetensors>=0.4',  # Hugging Face weights as numpy, no torch.
+        'tokenizers>=0.15',  # WordPiece for sampling without TensorFlow.
         # TFDS needs it (via etils) to prepare builders defined outside TFDS.
         'importlib_resources',
         'pillow',  # PNG sample grids with rendered captions.

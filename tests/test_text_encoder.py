@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import tensorflow as tf
 
 from xmcgan_jax import parallel
-from xmcgan_jax import safetensors_io
 from xmcgan_jax import train_step as ts
 from xmcgan_jax.data import tokenizer as tokenizer_lib
 from xmcgan_jax.models import Discriminator
@@ -100,8 +100,9 @@ def test_gelu_new_and_prefixed_names(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
   model = _random_hf_bert(str(tmp_path), hidden_act='gelu_new')
   path = os.path.join(str(tmp_path), 'model.safetensors')
-  tensors = safetensors_io.load(path)
-  safetensors_io.save(path, {'bert.' + k: v for k, v in tensors.items()})
+  tensors = safetensors.numpy.load_file(path)
+  safetensors.numpy.save_file({'bert.' + k: v for k, v in tensors.items()},
+                              path)
   encoder = te.load_text_encoder(str(tmp_path))
   ids, mask = _batch_with_padding(len(TINY_VOCAB))
   with torch.no_grad():
@@ -210,17 +211,25 @@ def test_mismatched_checkpoint_names_the_tensor(tmp_path):
         params['word_embeddings']['embedding'])}, config, 'x.safetensors')
 
 
-def test_safetensors_roundtrip(tmp_path):
+def test_safetensors_dtypes_and_a_corrupt_file(tmp_path):
+  """bfloat16 checkpoints load as ml_dtypes arrays; a truncated file is a
+  ValueError that names it."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   tensors = {'a': np.arange(6, dtype=np.float32).reshape(2, 3),
              'b': np.array([1, -2], np.int64),
              'c': np.array([0.5, 1.5], ml_dtypes.bfloat16)}
   path = str(tmp_path / 't.safetensors')
-  safetensors_io.save(path, tensors)
-  back = safetensors_io.load(path)
+  safetensors.numpy.save_file(tensors, path)
+  back = te.load_safetensors(path)
   for k, v in tensors.items():
     assert back[k].dtype == v.dtype
     np.testing.assert_array_equal(back[k], v)
+  with open(path, 'rb') as f:
+    head = f.read(40)
+  with open(path, 'wb') as f:
+    f.write(head)
+  with pytest.raises(ValueError, match='t.safetensors: not a readable'):
+    te.load_safetensors(path)
 
 
 def test_train_step_runs_the_encoder_on_token_ids():
@@ -268,15 +277,17 @@ def test_train_step_runs_the_encoder_on_token_ids():
 
 
 @needs_minilm
-def test_pure_python_wordpiece_equals_tf_text():
-  """The TF-free sampling tokenizer gives the training tokenizer's ids."""
+def test_tf_free_wordpiece_equals_tf_text():
+  """The TF-free sampling tokenizer (HF tokenizers) gives the training
+  tokenizer's ids, at two lengths (one truncates)."""
   from xmcgan_jax import wordpiece  # pylint: disable=g-import-not-at-top
   encoder = te.load_text_encoder('all-MiniLM-L6-v2')
-  tf_ids, tf_mask = encoder.tokenize(AWKWARD, 17)
   py = wordpiece.WordPieceTokenizer(encoder.vocab_path, encoder.lower_case)
-  ids, mask = py.tokenize(AWKWARD, 17)
-  np.testing.assert_array_equal(ids, tf_ids)
-  np.testing.assert_array_equal(mask, tf_mask)
+  for max_len in (17, 64):
+    tf_ids, tf_mask = encoder.tokenize(AWKWARD, max_len)
+    ids, mask = py.tokenize(AWKWARD, max_len)
+    np.testing.assert_array_equal(ids, tf_ids)
+    np.testing.assert_array_equal(mask, tf_mask)
 
 
 def test_sentence_poolings_mean_and_release_sum():

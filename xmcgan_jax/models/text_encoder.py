@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
 from xmcgan_jax import errors
-from xmcgan_jax import safetensors_io
 
 Dtype = Any
 # (params, token_ids (B, T), token_mask (B, T)) -> (word_emb, sentence_emb).
@@ -367,6 +367,19 @@ def _lower_case(directory: str) -> bool:
   return 'uncased' in directory.lower() or 'cased' not in directory.lower()
 
 
+def load_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """All tensors of a .safetensors file as numpy arrays (no torch).
+
+  Raises:
+    ValueError: a missing or malformed file, naming it.
+  """
+  try:
+    return safetensors.numpy.load_file(path)
+  except (OSError, safetensors.SafetensorError) as e:
+    raise ValueError(f'{path}: not a readable safetensors file ({e}).'
+                     ) from None
+
+
 def load_text_encoder(name_or_path: str, pooling: str = 'mean',
                       dtype: Dtype = jnp.float32) -> TextEncoder:
   """Loads a frozen BERT encoder without torch.
@@ -385,7 +398,7 @@ def load_text_encoder(name_or_path: str, pooling: str = 'mean',
   directory = resolve_text_encoder_dir(name_or_path)
   config = BertConfig.from_json(os.path.join(directory, 'config.json'))
   weights = os.path.join(directory, 'model.safetensors')
-  params = params_from_hf(safetensors_io.load(weights), config, weights)
+  params = params_from_hf(load_safetensors(weights), config, weights)
   return TextEncoder(module=BertEncoder(config, dtype=dtype),
                      params=jax.tree.map(jnp.asarray, params),
                      vocab_path=os.path.join(directory, 'vocab.txt'),
