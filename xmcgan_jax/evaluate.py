@@ -279,11 +279,11 @@ def run(workdir: str, config=None, poll: bool = False,
   workdir = paths.resolve(workdir)
   evaluator = evaluator or Evaluator(workdir, config)
   final_step = evaluator.config.num_train_steps
-  eval_dir = os.path.join(workdir, 'eval')
+  eval_dir = os.path.join(workdir, paths.EVAL_DIR)
   writer = metric_writers.create_default_writer(
       eval_dir, just_logging=jax.process_index() > 0)
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), asynchronous=False)
+      os.path.join(workdir, paths.CHECKPOINT_DIR), asynchronous=False)
   results, waiting_since = [], time.monotonic()
   # Read once: this job is the only writer of results.jsonl while it runs.
   done = set(_done_steps(eval_dir))

@@ -13,9 +13,13 @@ import ml_collections
 
 from xmcgan_jax import errors
 
-# The training run's config, written by train_and_evaluate and read by the
-# sampling and evaluation jobs.
+# A run directory (--workdir), shared by the training, sampling and eval
+# jobs: the resolved config (written by training), Orbax checkpoints, PNG
+# sample grids and the eval job's results.
 CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+SAMPLES_DIR = 'samples'
+EVAL_DIR = 'eval'
 
 # Config fields that hold a file or directory path ('' = unset).
 PATH_FIELDS = ('data_dir', 'manual_dir', 'inception_weights', 'fid_stats_dir',

@@ -115,7 +115,7 @@ class Sampler:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         abstract)
     checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+        os.path.join(workdir, paths.CHECKPOINT_DIR), keep=config.keep_checkpoints,
         asynchronous=False)
     if step is None:
       restored = checkpointer.restore_latest(abstract)
@@ -204,6 +204,6 @@ def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
   sampler = Sampler.from_workdir(workdir)
   images = sampler.sample(captions, seed=seed, ema=ema)
   output = paths.resolve(output) or os.path.join(
-      workdir, 'samples', f'cli_{sampler.step:08d}_seed{seed}.png')
+      workdir, paths.SAMPLES_DIR, f'cli_{sampler.step:08d}_seed{seed}.png')
   visualize.save_png(output, visualize.make_grid(images, list(captions)))
   return output

@@ -8,10 +8,11 @@ run stops; the last good checkpoint stays), or SIGTERM (a final checkpoint is
 saved at the step reached).
 """
 
+import dataclasses
 import os
 import signal
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from absl import logging
 from clu import metric_writers
@@ -125,26 +126,33 @@ def _write_samples(writer, workdir: str, step: int, grids: Dict[str, Any],
     grid = visualize.make_grid(visualize.to_uint8(pixels), texts)
     images[f'samples/{name}'] = grid[None]
     visualize.save_png(
-        os.path.join(workdir, 'samples', f'{name}_{step:08d}.png'), grid)
+        os.path.join(workdir, paths.SAMPLES_DIR, f'{name}_{step:08d}.png'), grid)
   writer.write_images(step, images)
   writer.write_texts(step, {'samples/captions': ' | '.join(texts)})
 
 
-def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
-  """Trains (or resumes) the model of `config` in `workdir`.
+@dataclasses.dataclass
+class TrainingRun:
+  """What the loop needs, built (and restored) by `setup`."""
+  config: Any
+  workdir: str
+  mesh: Any
+  data: pipeline.InputPipeline
+  text: text_encoder_lib.TextEncoder
+  generator: Any
+  step_fn: Callable[..., Any]
+  frozen: Dict[str, Any]
+  state: train_step_lib.TrainState
+  checkpointer: checkpointing.Checkpointer
+  position: int  # This process's position in its data order.
 
-  Args:
-    config: an experiment config (see config_base.py).
-    workdir: checkpoints, TensorBoard events and samples go here (local,
-      relative or `~` paths are made absolute; gs:// works).
 
-  Returns:
-    The final TrainState.
+def setup(config, workdir: str) -> TrainingRun:
+  """Validates the config; builds data, models, the step; restores state.
 
   Raises:
-    errors.UserError: a bad config value or a missing file, before any
-      compilation.
-    errors.CheckpointSaveError: a checkpoint could not be written.
+    errors.UserError: a bad config value, a missing file or a checkpoint
+      that this process layout cannot resume, before any compilation.
   """
   process_index, process_count = jax.process_index(), jax.process_count()
   workdir = paths.resolve(workdir)
@@ -183,114 +191,176 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
-
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+      os.path.join(workdir, paths.CHECKPOINT_DIR),
+      keep=config.keep_checkpoints)
+  state, position = _restore(checkpointer, state, workdir)
+  return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
+                     frozen, state, checkpointer, position)
+
+
+def _restore(checkpointer: checkpointing.Checkpointer,
+             state: train_step_lib.TrainState, workdir: str):
+  """(state, this process's data position) of the newest readable
+  checkpoint, or the initial ones."""
   restored = checkpointer.restore_latest(state)
-  position = 0
-  if restored is not None:
-    step, state, positions = restored
-    if len(positions) != process_count:
-      raise errors.UserError(
-          f'The checkpoint of step {step} in {workdir} was written by '
-          f'{len(positions)} processes and this run has {process_count}: each '
-          'process resumes its own shard of the data, so the data order '
-          f'cannot continue. Resume with {len(positions)} processes (as many '
-          'hosts, or JAX_NUM_PROCESSES), or train in a new --workdir.')
-    position = positions[process_index]
-    logging.info('Resumed from step %d (data position %d).', step, position)
-  start_step = int(state.step)
+  if restored is None:
+    return state, 0
+  step, state, positions = restored
+  if len(positions) != jax.process_count():
+    raise errors.UserError(
+        f'The checkpoint of step {step} in {workdir} was written by '
+        f'{len(positions)} processes and this run has {jax.process_count()}: '
+        'each process resumes its own shard of the data, so the data order '
+        f'cannot continue. Resume with {len(positions)} processes (as many '
+        'hosts, or JAX_NUM_PROCESSES), or train in a new --workdir.')
+  position = positions[jax.process_index()]
+  logging.info('Resumed from step %d (data position %d).', step, position)
+  return state, position
 
-  if process_index == 0:  # For sampling and evaluation jobs.
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, paths.CONFIG_FILE),
-                           'w') as f:
-      f.write(config.to_json(indent=1))
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=process_index > 0)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
-  per_process_batch = config.batch_size // process_count
-  batches = pipeline.as_numpy(data.train_dataset(
-      per_process_batch, config.d_steps_per_g_step, position))
-  fixed = _fixed_samples(data, config.num_sample_captions)
-  generate_fn = generate.make_generate_fn(generator, text.features_fn())
-  fixed_z = generate.noise(config.seed + 1, len(fixed['caption']),
-                           config.z_dim)
 
-  def sample(step, state):
+class _MetricLog:
+  """Step metrics averaged between log points: checked, written, printed."""
+
+  def __init__(self, run: TrainingRun, writer, start_step: int):
+    self._run, self._writer = run, writer
+    self._history: List[Dict[str, Any]] = []
+    self._last_good_step = start_step
+    self._start, self._start_step = time.perf_counter(), start_step
+
+  def add(self, metrics: Dict[str, Any]) -> None:
+    self._history.append(metrics)  # Device arrays: no transfer yet.
+
+  def write(self, step: int) -> None:
+    """Writes the mean since the last write.
+
+    Raises:
+      FloatingPointError: a non-finite D or G loss (the run stops; the last
+        checkpoint is the last good one).
+    """
+    config = self._run.config
+    fetched = jax.device_get(self._history)  # One transfer, not one a scalar.
+    summary = {k: float(np.mean([m[k] for m in fetched]))
+               for k in fetched[-1]}
+    self._history = []
+    bad = [k for k in ('d_loss', 'g_loss') if not np.isfinite(summary[k])]
+    if bad:
+      raise FloatingPointError(
+          f'Non-finite {bad} at step {step} (last finite check at step '
+          f'{self._last_good_step}); stopping. The checkpoint of step '
+          f'{self._run.checkpointer.all_steps()[-1:] or "none"} is the last '
+          'good one: lower the learning rates or check the data.')
+    self._last_good_step = step
+    seconds = time.perf_counter() - self._start
+    steps_per_s = (step - self._start_step) / max(seconds, 1e-9)
+    images_per_step = config.batch_size * config.d_steps_per_g_step
+    summary.update(steps_per_second=steps_per_s,
+                   images_per_second=steps_per_s * images_per_step)
+    summary.update({f'skipped/{k}': v
+                    for k, v in self._run.data.skipped.counts().items()})
+    self._writer.write_scalars(step, summary)
+    self._start, self._start_step = time.perf_counter(), step
+    if jax.process_index() == 0:
+      logging.info(
+          'step %d/%d | d_loss %.3f g_loss %.3f d_adv %.3f g_adv %.3f | '
+          '%.2f steps/s %.0f img/s | ETA %s', step, config.num_train_steps,
+          summary['d_loss'], summary['g_loss'], summary.get('d_adv', 0),
+          summary.get('g_adv', 0), steps_per_s, summary['images_per_second'],
+          _duration((config.num_train_steps - step) / max(steps_per_s,
+                                                          1e-9)))
+
+
+class _SampleGrids:
+  """Real, raw-G and EMA-G grids of fixed eval captions and noise."""
+
+  def __init__(self, run: TrainingRun, writer):
+    self._run, self._writer = run, writer
+    self._fixed = _fixed_samples(run.data, run.config.num_sample_captions)
+    self._generate = generate.make_generate_fn(run.generator,
+                                               run.text.features_fn())
+    self._z = generate.noise(run.config.seed + 1,
+                             len(self._fixed['caption']), run.config.z_dim)
+
+  def __call__(self, step: int, state: train_step_lib.TrainState) -> None:
+    fixed = self._fixed
     grids = {'real': fixed['image']}
     for name, params in (('generated', state.g_params),
                          ('ema', state.ema_g_params)):
-      grids[name] = np.asarray(generate_fn(
-          params, state.g_state, text.params, fixed['token_ids'],
-          fixed['token_mask'], fixed_z))
-    if process_index == 0:
-      _write_samples(writer, workdir, step, grids, fixed['caption'])
+      grids[name] = np.asarray(self._generate(
+          params, state.g_state, self._run.text.params, fixed['token_ids'],
+          fixed['token_mask'], self._z))
+    if jax.process_index() == 0:
+      _write_samples(self._writer, self._run.workdir, step, grids,
+                     fixed['caption'])
 
+
+def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
+  """Trains (or resumes) the model of `config` in `workdir`.
+
+  Args:
+    config: an experiment config (see config_base.py).
+    workdir: checkpoints, TensorBoard events and samples go here (local,
+      relative or `~` paths are made absolute; gs:// works).
+
+  Returns:
+    The final TrainState.
+
+  Raises:
+    errors.UserError: a bad config value or a missing file, before any
+      compilation.
+    errors.CheckpointSaveError: a checkpoint could not be written.
+  """
+  run = setup(config, workdir)
+  config, state, checkpointer = run.config, run.state, run.checkpointer
+  step = start_step = int(state.step)
+  writer = _open_writer(run, start_step)
+  batches = pipeline.as_numpy(run.data.train_dataset(
+      config.batch_size // jax.process_count(), config.d_steps_per_g_step,
+      run.position))
+  sample = _SampleGrids(run, writer)
+  metric_log = _MetricLog(run, writer, start_step)
   report = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer)
-  images_per_step = config.batch_size * config.d_steps_per_g_step
-  history: List[Dict[str, Any]] = []
-  last_good_step = start_step
-  log_start, log_step = time.perf_counter(), start_step
-  step = start_step
-
-  def save(step, state, position):
-    checkpointer.save(step, state, _all_positions(position))
-
+  position = run.position
   with _Preemption() as preemption:
     while step < config.num_train_steps:
       batch = next(batches)
       position = int(batch.pop('next_position'))
-      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
-                               frozen)
+      state, metrics = run.step_fn(state, parallel.shard_batch(batch,
+                                                               run.mesh),
+                                   run.frozen)
       step += 1
       checkpointer.check()  # Stops at once if a background save failed.
-      history.append(metrics)
+      metric_log.add(metrics)
       report(step)
       is_last = step == config.num_train_steps
       preempted = preemption.reached(step)
       must_save = (step % config.checkpoint_every_steps == 0 or is_last or
                    preempted)
       if step % config.log_every_steps == 0 or is_last or must_save:
-        fetched = jax.device_get(history)  # One transfer, not one per scalar.
-        summary = {k: float(np.mean([m[k] for m in fetched]))
-                   for k in fetched[-1]}
-        history = []
-        bad = [k for k in ('d_loss', 'g_loss') if not np.isfinite(summary[k])]
-        if bad:
-          raise FloatingPointError(
-              f'Non-finite {bad} at step {step} (last finite check at step '
-              f'{last_good_step}); stopping. The checkpoint of step '
-              f'{checkpointer.all_steps()[-1:] or "none"} is the last good '
-              'one: lower the learning rates or check the data.')
-        last_good_step = step
-        seconds = time.perf_counter() - log_start
-        steps_per_s = (step - log_step) / max(seconds, 1e-9)
-        summary.update(steps_per_second=steps_per_s,
-                       images_per_second=steps_per_s * images_per_step)
-        summary.update({f'skipped/{k}': v
-                        for k, v in data.skipped.counts().items()})
-        writer.write_scalars(step, summary)
-        log_start, log_step = time.perf_counter(), step
-        if process_index == 0:
-          logging.info(
-              'step %d/%d | d_loss %.3f g_loss %.3f d_adv %.3f g_adv %.3f | '
-              '%.2f steps/s %.0f img/s | ETA %s', step, config.num_train_steps,
-              summary['d_loss'], summary['g_loss'], summary.get('d_adv', 0),
-              summary.get('g_adv', 0), steps_per_s,
-              summary['images_per_second'],
-              _duration((config.num_train_steps - step) / max(steps_per_s,
-                                                              1e-9)))
+        metric_log.write(step)
       if step % config.sample_every_steps == 0 or is_last:
         sample(step, state)
       if must_save:
-        save(step, state, position)
+        checkpointer.save(step, state, _all_positions(position))
       if preempted and not is_last:
         logging.warning('Stopping at step %d after SIGTERM.', step)
         break
   checkpointer.wait_until_finished()
   writer.flush()
   return state
+
+
+def _open_writer(run: TrainingRun, start_step: int):
+  """The metric writer; process 0 also writes the resolved config.json."""
+  if jax.process_index() == 0:  # For sampling and evaluation jobs.
+    tf.io.gfile.makedirs(run.workdir)
+    with tf.io.gfile.GFile(os.path.join(run.workdir, paths.CONFIG_FILE),
+                           'w') as f:
+      f.write(run.config.to_json(indent=1))
+  writer = metric_writers.create_default_writer(
+      run.workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in run.config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  return writer

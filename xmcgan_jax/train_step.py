@@ -15,7 +15,9 @@ number of devices.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+import functools
+from typing import (Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple,
+                    Union)
 
 import flax
 import flax.linen as nn
@@ -201,6 +203,217 @@ def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
   parallel.check_batch_divisible(lead[1], mesh)
 
 
+class DiscriminatorState(NamedTuple):
+  """What a D update changes: parameters, spectral-norm vectors, Adam."""
+  params: Params
+  state: Params
+  opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """G (BatchNorm axis set for the mesh) and D, applied in training mode."""
+  generator: nn.Module
+  discriminator: nn.Module
+
+  def generate(self, g_params: Params, g_state: Params, z: jax.Array,
+               sub: Batch) -> Tuple[jax.Array, Params]:
+    """(fake images, G's new BatchNorm statistics) of one sub-batch."""
+    images, new_vars = self.generator.apply(
+        {'params': g_params, 'batch_stats': g_state}, z, sub['sentence_emb'],
+        sub['word_emb'], sub['word_mask'], train=True, mutable=['batch_stats'])
+    return images, new_vars['batch_stats']
+
+  def discriminate(self, d_params: Params, d_state: Params, real: jax.Array,
+                   fake: jax.Array, sentence: jax.Array):
+    """(D's output on [real; fake], D's new spectral-norm vectors)."""
+    out, new_vars = self.discriminator.apply(
+        {'params': d_params, 'spectral_norm_stats': d_state},
+        jnp.concatenate([real, fake]), jnp.concatenate([sentence, sentence]),
+        train=True, mutable=['spectral_norm_stats'])
+    return out, new_vars['spectral_norm_stats']
+
+
+# Loss terms --------------------------------------------------------------
+# Each objective maps D's output on [real; fake] and the sub-batch to
+# (weighted loss, metrics). Metrics are pmean'd over the mesh; the losses stay
+# per-device values whose gradients the sub-steps pmean (losses.py).
+
+
+def _negatives_axis(config: StepConfig) -> Optional[str]:
+  return (parallel.DATA_AXIS if config.contrastive_negatives == 'global'
+          else None)
+
+
+def _nce(a: jax.Array, b: jax.Array, config: StepConfig):
+  return losses.contrastive_loss(a, b, temperature=config.temperature,
+                                 axis_name=_negatives_axis(config),
+                                 with_accuracy=True)
+
+
+def _word_nce(regions: jax.Array, sub: Batch, config: StepConfig):
+  gamma1, gamma2, gamma3 = config.word_gammas
+  return losses.word_region_loss(regions, sub['word_emb'], sub['word_mask'],
+                                 gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
+                                 axis_name=_negatives_axis(config),
+                                 with_accuracy=True)
+
+
+def _weighted_total(terms, weights: Mapping[str, float]) -> jax.Array:
+  return sum(weights[name] * loss for name, (loss, _) in terms.items())
+
+
+def d_objective(out, sub: Batch, config: StepConfig
+                ) -> Tuple[jax.Array, Metrics]:
+  """L_D: hinge, plus the sentence and word-region NCE on real images."""
+  w = config.weights
+  real, fake = _split_real_fake(out, sub['image'].shape[0])
+  terms = {'d_adv': (losses.hinge_d(real.logits, fake.logits), None)}
+  if w.sentence:
+    terms['d_sentence'] = _nce(real.pooled, real.projection, config)
+  if w.word:
+    terms['d_word'] = _word_nce(real.regions, sub, config)
+  total = _weighted_total(terms, {'d_adv': w.adversarial,
+                                  'd_sentence': w.sentence, 'd_word': w.word})
+  pmean = lambda x: jax.lax.pmean(x, parallel.DATA_AXIS)
+  metrics = {'real_logits': pmean(jnp.mean(real.logits)),
+             'fake_logits': pmean(jnp.mean(fake.logits))}
+  return total, _flatten(terms, metrics)
+
+
+def g_objective(out, sub: Batch, fake_images: jax.Array, config: StepConfig,
+                pretrained: Optional[Callable[[jax.Array], jax.Array]] = None
+                ) -> Tuple[jax.Array, Metrics]:
+  """L_G: hinge, sentence and word-region NCE on fake images, image NCE of
+  D's features, and image NCE of a frozen encoder's (`pretrained`, or off)."""
+  w = config.weights
+  real, fake = _split_real_fake(out, sub['image'].shape[0])
+  terms = {'g_adv': (losses.hinge_g(fake.logits), None)}
+  if w.sentence:
+    terms['g_sentence'] = _nce(fake.pooled, fake.projection, config)
+  if w.word:
+    terms['g_word'] = _word_nce(fake.regions, sub, config)
+  if w.image_d:
+    terms['g_image_d'] = _nce(fake.pooled, real.pooled, config)
+  if pretrained is not None:
+    # Two calls, not one on the concatenation: the real half is a constant
+    # of G, so its forward needs no backward (one call would compute the
+    # input gradient of the whole batch through the encoder).
+    real_features = jax.lax.stop_gradient(pretrained(sub['image']))
+    terms['g_image_pretrained'] = _nce(real_features, pretrained(fake_images),
+                                       config)
+  total = _weighted_total(terms, {
+      'g_adv': w.adversarial, 'g_sentence': w.sentence, 'g_word': w.word,
+      'g_image_d': w.image_d, 'g_image_pretrained': w.image_pretrained})
+  return total, _flatten(terms, {})
+
+
+# Sub-steps ---------------------------------------------------------------
+
+
+def _apply_d_update(d_tx: optax.GradientTransformation,
+                    d: DiscriminatorState, new_d_state: Params,
+                    d_loss: jax.Array, d_grads: Params, metrics: Metrics
+                    ) -> Tuple[DiscriminatorState, Metrics]:
+  """Adam on pmean'd D gradients; the sub-step's D metrics."""
+  d_grads = jax.lax.pmean(d_grads, parallel.DATA_AXIS)
+  updates, opt_state = d_tx.update(d_grads, d.opt_state, d.params)
+  new = DiscriminatorState(optax.apply_updates(d.params, updates),
+                           new_d_state, opt_state)
+  return new, dict(metrics, d_loss=jax.lax.pmean(d_loss, parallel.DATA_AXIS),
+                   d_grad_norm=optax.tree.norm(d_grads))
+
+
+def d_only_substep(nets: Networks, d_tx: optax.GradientTransformation,
+                   config: StepConfig, g_params: Params, g_state: Params,
+                   d: DiscriminatorState, sub: Batch, z: jax.Array
+                   ) -> Tuple[DiscriminatorState, Metrics]:
+  """One D update on a sub-batch against G's (fixed) current samples.
+
+  G's BatchNorm statistics from this forward are discarded.
+  """
+  fake = jax.lax.stop_gradient(nets.generate(g_params, g_state, z, sub)[0])
+
+  def loss_fn(d_params):
+    out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
+                                         fake, sub['sentence_emb'])
+    loss, metrics = d_objective(out, sub, config)
+    return loss, (metrics, new_d_state)
+
+  (d_loss, (metrics, new_d_state)), d_grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(d.params)
+  return _apply_d_update(d_tx, d, new_d_state, d_loss, d_grads, metrics)
+
+
+def joint_substep(nets: Networks, g_tx: optax.GradientTransformation,
+                  d_tx: optax.GradientTransformation, config: StepConfig,
+                  state: TrainState, d: DiscriminatorState, sub: Batch,
+                  z: jax.Array,
+                  pretrained: Optional[Callable[[jax.Array], jax.Array]]):
+  """One G and D forward pulled back twice (dL_D/dD, dL_G/dG); both update.
+
+  Returns:
+    (g_params, g_opt_state, g_state, d, d_metrics, g_metrics).
+  """
+
+  def losses_of(g_params, d_params):
+    fake, new_g_state = nets.generate(g_params, state.g_state, z, sub)
+    out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
+                                         fake, sub['sentence_emb'])
+    d_loss, d_metrics = d_objective(out, sub, config)
+    g_loss, g_metrics = g_objective(out, sub, fake, config, pretrained)
+    return (d_loss, g_loss), (d_metrics, g_metrics, new_g_state, new_d_state)
+
+  (d_loss, g_loss), pullback, aux = jax.vjp(losses_of, state.g_params,
+                                            d.params, has_aux=True)
+  d_metrics, g_metrics, g_state, new_d_state = aux
+  one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
+  d_grads = pullback((one, zero))[1]
+  g_grads = jax.lax.pmean(pullback((zero, one))[0], parallel.DATA_AXIS)
+  d, d_metrics = _apply_d_update(d_tx, d, new_d_state, d_loss, d_grads,
+                                 d_metrics)
+  updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
+                                     state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  g_metrics = dict(g_metrics, g_loss=jax.lax.pmean(g_loss, parallel.DATA_AXIS),
+                   g_grad_norm=optax.tree.norm(g_grads))
+  return g_params, g_opt_state, g_state, d, d_metrics, g_metrics
+
+
+def ema_update(ema_params: Params, params: Params, decay: float) -> Params:
+  """decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params,
+                      params)
+
+
+def _per_device_step(nets: Networks, g_tx, d_tx, config: StepConfig,
+                     state: TrainState, batch: Batch, z: jax.Array,
+                     pretrained) -> Tuple[TrainState, Metrics]:
+  """The step on this device's rows: D-only sub-steps, the joint one, EMA."""
+  sub = lambda k: jax.tree.map(lambda x: x[k], batch)
+  d = DiscriminatorState(state.d_params, state.d_state, state.d_opt_state)
+  d_metrics = []
+  for k in range(config.d_steps_per_g_step - 1):
+    d, metrics = d_only_substep(nets, d_tx, config, state.g_params,
+                                state.g_state, d, sub(k), z[k])
+    d_metrics.append(metrics)
+  k = config.d_steps_per_g_step - 1
+  g_params, g_opt_state, g_state, d, metrics, g_metrics = joint_substep(
+      nets, g_tx, d_tx, config, state, d, sub(k), z[k], pretrained)
+  d_metrics.append(metrics)
+  out_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
+  out_metrics.update(g_metrics)
+  new_state = state.replace(
+      step=state.step + 1, g_params=g_params,
+      # Per-device (or per-group) running statistics differ; average them
+      # so the replicated state is one well-defined value.
+      g_state=jax.lax.pmean(g_state, parallel.DATA_AXIS),
+      ema_g_params=ema_update(state.ema_g_params, g_params, config.ema_decay),
+      d_params=d.params, d_state=d.state, g_opt_state=g_opt_state,
+      d_opt_state=d.opt_state)
+  return new_state, {k: v.astype(jnp.float32) for k, v in out_metrics.items()}
+
+
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     g_tx: optax.GradientTransformation,
                     d_tx: optax.GradientTransformation, mesh: Mesh,
@@ -228,150 +441,23 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     `frozen` holds the parameters of frozen encoders. The state is donated.
     Metrics are float32 scalars of the global batch.
   """
-  w = config.weights
-  d_steps = config.d_steps_per_g_step
-  neg_axis = (parallel.DATA_AXIS if config.contrastive_negatives == 'global'
-              else None)
-  gamma1, gamma2, gamma3 = config.word_gammas
-  use_pretrained = bool(w.image_pretrained) and image_encoder is not None
+  use_pretrained = bool(config.weights.image_pretrained) and (
+      image_encoder is not None)
   n_devices = mesh.shape[parallel.DATA_AXIS]
-  pmean = lambda x: jax.lax.pmean(x, parallel.DATA_AXIS)
-
-  def nce(a, b):
-    return losses.contrastive_loss(a, b, temperature=config.temperature,
-                                   axis_name=neg_axis, with_accuracy=True)
-
-  def word_nce(regions, words, mask):
-    return losses.word_region_loss(regions, words, mask, gamma1=gamma1,
-                                   gamma2=gamma2, gamma3=gamma3,
-                                   axis_name=neg_axis, with_accuracy=True)
-
-  def d_objective(out, sub):
-    """L_D of D's output on [real; fake] and its metrics."""
-    b = sub['image'].shape[0]
-    real, fake = _split_real_fake(out, b)
-    terms = {'d_adv': (losses.hinge_d(real.logits, fake.logits), None)}
-    if w.sentence:
-      terms['d_sentence'] = nce(real.pooled, real.projection)
-    if w.word:
-      terms['d_word'] = word_nce(real.regions, sub['word_emb'], sub['word_mask'])
-    scale = {'d_adv': w.adversarial, 'd_sentence': w.sentence,
-             'd_word': w.word}
-    total = sum(scale[k] * v[0] for k, v in terms.items())
-    metrics = {'real_logits': pmean(jnp.mean(real.logits)),
-               'fake_logits': pmean(jnp.mean(fake.logits))}
-    return total, _flatten(terms, metrics)
-
-  def g_objective(out, sub, real_images, fake_images, frozen):
-    b = sub['image'].shape[0]
-    real, fake = _split_real_fake(out, b)
-    terms = {'g_adv': (losses.hinge_g(fake.logits), None)}
-    if w.sentence:
-      terms['g_sentence'] = nce(fake.pooled, fake.projection)
-    if w.word:
-      terms['g_word'] = word_nce(fake.regions, sub['word_emb'], sub['word_mask'])
-    if w.image_d:
-      terms['g_image_d'] = nce(fake.pooled, real.pooled)
-    if use_pretrained:
-      # Two calls, not one on the concatenation: the real half is a constant
-      # of G, so its forward needs no backward (one call would compute the
-      # input gradient of the whole batch through the encoder).
-      params = frozen['image_encoder']
-      real_features = jax.lax.stop_gradient(image_encoder(params, real_images))
-      terms['g_image_pretrained'] = nce(real_features,
-                                        image_encoder(params, fake_images))
-    scale = {'g_adv': w.adversarial, 'g_sentence': w.sentence,
-             'g_word': w.word, 'g_image_d': w.image_d,
-             'g_image_pretrained': w.image_pretrained}
-    total = sum(scale[k] * v[0] for k, v in terms.items())
-    return total, _flatten(terms, {})
 
   def per_device(state: TrainState, batch: Batch, z: jax.Array, frozen):
     if text_encoder is not None:
       batch = dict(batch, **_encode_text(text_encoder, frozen['text_encoder'],
                                          batch['token_ids'],
                                          batch['token_mask']))
-    local_batch = batch['image'].shape[1]
-    bn_axis, bn_size = _bn_axis(config.bn_group, local_batch, n_devices)
-    gen = generator.clone(bn_axis_name=bn_axis, bn_group_size=bn_size)
-
-    def run_g(g_params, k):
-      sub = jax.tree.map(lambda x: x[k], batch)
-      images, new_vars = gen.apply(
-          {'params': g_params, 'batch_stats': state.g_state}, z[k],
-          sub['sentence_emb'], sub['word_emb'], sub['word_mask'], train=True,
-          mutable=['batch_stats'])
-      return images, new_vars['batch_stats']
-
-    def run_d(d_params, d_state, real, fake, sentence):
-      out, new_vars = discriminator.apply(
-          {'params': d_params, 'spectral_norm_stats': d_state},
-          jnp.concatenate([real, fake]), jnp.concatenate([sentence, sentence]),
-          train=True, mutable=['spectral_norm_stats'])
-      return out, new_vars['spectral_norm_stats']
-
-    d_params, d_state, d_opt_state = (state.d_params, state.d_state,
-                                      state.d_opt_state)
-    d_metrics = []
-    # D-only sub-steps; G's BatchNorm statistics from them are discarded.
-    for k in range(d_steps - 1):
-      sub = jax.tree.map(lambda x: x[k], batch)
-      fake = jax.lax.stop_gradient(run_g(state.g_params, k)[0])
-
-      def d_loss_fn(d_params):
-        out, new_d_state = run_d(d_params, d_state, sub['image'], fake,
-                                 sub['sentence_emb'])
-        loss, metrics = d_objective(out, sub)
-        return loss, (metrics, new_d_state)
-
-      (d_loss, (metrics, d_state)), d_grads = jax.value_and_grad(
-          d_loss_fn, has_aux=True)(d_params)
-      d_grads = pmean(d_grads)
-      updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
-      d_params = optax.apply_updates(d_params, updates)
-      d_metrics.append(dict(metrics, d_loss=pmean(d_loss),
-                            d_grad_norm=optax.tree.norm(d_grads)))
-
-    # Joint sub-step: one forward, two pullbacks.
-    k = d_steps - 1
-    sub = jax.tree.map(lambda x: x[k], batch)
-
-    def joint(g_params, d_params):
-      fake, new_g_state = run_g(g_params, k)
-      out, new_d_state = run_d(d_params, d_state, sub['image'], fake,
-                               sub['sentence_emb'])
-      d_loss, d_m = d_objective(out, sub)
-      g_loss, g_m = g_objective(out, sub, sub['image'], fake, frozen)
-      return (d_loss, g_loss), (d_m, g_m, new_g_state, new_d_state)
-
-    (d_loss, g_loss), pullback, aux = jax.vjp(joint, state.g_params, d_params,
-                                               has_aux=True)
-    metrics, g_metrics, g_state, d_state = aux
-    one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
-    d_grads = pmean(pullback((one, zero))[1])
-    g_grads = pmean(pullback((zero, one))[0])
-    updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
-    updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
-                                       state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    decay = config.ema_decay
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
-                       state.ema_g_params, g_params)
-    d_metrics.append(dict(metrics, d_loss=pmean(d_loss),
-                          d_grad_norm=optax.tree.norm(d_grads)))
-
-    out_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
-    out_metrics.update(g_metrics, g_loss=pmean(g_loss),
-                       g_grad_norm=optax.tree.norm(g_grads))
-    new_state = state.replace(
-        step=state.step + 1, g_params=g_params,
-        # Per-device (or per-group) running statistics differ; average them
-        # so the replicated state is one well-defined value.
-        g_state=pmean(g_state), ema_g_params=ema, d_params=d_params,
-        d_state=d_state, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
-    out_metrics = {k: v.astype(jnp.float32) for k, v in out_metrics.items()}
-    return new_state, out_metrics
+    bn_axis, bn_size = _bn_axis(config.bn_group, batch['image'].shape[1],
+                                n_devices)
+    nets = Networks(generator.clone(bn_axis_name=bn_axis,
+                                    bn_group_size=bn_size), discriminator)
+    pretrained = (functools.partial(image_encoder, frozen['image_encoder'])
+                  if use_pretrained else None)
+    return _per_device_step(nets, g_tx, d_tx, config, state, batch, z,
+                            pretrained)
 
   sharded = jax.shard_map(
       per_device, mesh=mesh,
@@ -381,8 +467,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       # Per-device semantics as documented in losses.py: replicated inputs are
       # plain per-device values and we pmean gradients ourselves.
       check_vma=False)
-
   keys = BATCH_KEYS if text_encoder is None else TOKEN_BATCH_KEYS
+  d_steps = config.d_steps_per_g_step
 
   def step(state: TrainState, batch: Batch, frozen):
     _check_batch(batch, generator, d_steps, mesh, keys)
@@ -390,10 +476,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       raise ValueError("A step with a text encoder needs its params in "
                        "frozen['text_encoder'].")
     batch = {k: batch[k] for k in keys}
-    global_batch = batch['image'].shape[1]
+    # z of the global batch from (rng, step), outside the shard_map: the
+    # result does not depend on the number of devices.
     key = jax.random.fold_in(state.rng, state.step)
-    z = jax.random.normal(key, (d_steps, global_batch, generator.z_dim),
-                          jnp.float32)
+    z = jax.random.normal(key, (d_steps, batch['image'].shape[1],
+                                generator.z_dim), jnp.float32)
     z = jax.lax.with_sharding_constraint(
         z, NamedSharding(mesh, parallel.BATCH_SPEC))
     return sharded(state, batch, z, frozen)
