@@ -12,7 +12,7 @@ from tests import fake_data
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import shapes
-from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.eval import shapes_oracle
 
 WORDS = ('[PAD] [UNK] [CLS] [SEP] [MASK] . , ! a the an image of with and at '
@@ -212,7 +212,7 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   want = {c.encode() for s in ('val', 'test', 'restval') for c in captions[s]}
   assert set(evaluated[0]['caption'][:4]) == want
   # The eval job's view: captions, streamed uint8 images, cached statistics.
-  from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   config.eval_batch_size = 3
   config.fid_stats_dir = str(tmp_path / 'stats')
   texts, images, truth = evaluate.eval_set(config, 10, tokenizer)

@@ -96,6 +96,7 @@ def _images(seed, n, size):
   return (np.kron(low, np.ones((1, 8, 8, 1))) * 255).astype(np.uint8)
 
 
+@pytest.mark.slow  # Builds pytorch-fid's Inception and ours: minutes.
 def test_pool_features_and_fid_match_pytorch_fid(torch_and_flax):
   model, ours, _ = torch_and_flax
   # 64 -> 299 upsampling (downsampling: test_resize_matrix_...).
@@ -118,6 +119,7 @@ def test_pool_features_and_fid_match_pytorch_fid(torch_and_flax):
   assert abs(mine - theirs) < 1e-3, (mine, theirs)
 
 
+@pytest.mark.slow  # Builds pytorch-fid's Inception and ours: minutes.
 def test_converter_rejects_wrong_digest_and_foreign_weights(torch_and_flax,
                                                             tmp_path):
   _, _, pth = torch_and_flax

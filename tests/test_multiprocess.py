@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from xmcgan_jax import checkpointing
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax import errors
-from xmcgan_jax import train
+from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +100,7 @@ def test_two_processes_train_resume_and_sample(tmp_path):
                      'Resume with 2 processes'):
     train.train_and_evaluate(config, str(workdir))
 
-  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   sampler = sample.Sampler.from_workdir(str(workdir))
   assert sampler.step == 4
   images = sampler.sample(['a large red circle at the center'], seed=0)

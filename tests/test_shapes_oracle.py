@@ -6,6 +6,10 @@ import pytest
 from xmcgan_jax.eval import shapes_oracle
 
 
+# Trains the oracle (about a minute): with the slow tests.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """(oracle, its cache file), trained once for the module."""

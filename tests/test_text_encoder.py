@@ -11,11 +11,11 @@ import safetensors.numpy
 import tensorflow as tf
 
 from xmcgan_jax import parallel
-from xmcgan_jax import train_step as ts
-from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.training import train_step as ts
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
-from xmcgan_jax.models import text_encoder as te
+from xmcgan_jax.text import encoder as te
 
 HAS_TORCH = (importlib.util.find_spec('torch') is not None and
              importlib.util.find_spec('transformers') is not None)
@@ -280,7 +280,7 @@ def test_train_step_runs_the_encoder_on_token_ids():
 def test_tf_free_wordpiece_equals_tf_text():
   """The TF-free sampling tokenizer (HF tokenizers) gives the training
   tokenizer's ids, at two lengths (one truncates)."""
-  from xmcgan_jax import wordpiece  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.text import wordpiece  # pylint: disable=g-import-not-at-top
   encoder = te.load_text_encoder('all-MiniLM-L6-v2')
   py = wordpiece.WordPieceTokenizer(encoder.vocab_path, encoder.lower_case)
   for max_len in (17, 64):

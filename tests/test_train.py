@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from xmcgan_jax import checkpointing
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
-from xmcgan_jax import train
+from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -221,7 +221,7 @@ def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
 
 def test_sampling_api(straight_and_resumed):
   """Captions in, uint8 images out, from the workdir."""
-  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   _, resumed, workdir = straight_and_resumed
   sampler = sample.Sampler.from_workdir(workdir)
   assert sampler.step == int(resumed.step)
@@ -236,6 +236,17 @@ def test_sampling_api(straight_and_resumed):
   np.testing.assert_array_equal(b, sampler.sample(captions, seed=0))
   assert not np.array_equal(a, sampler.sample(captions, seed=1))
   assert not np.array_equal(a, sampler.sample(captions, seed=0, ema=False))
+  # It read G's weights only, and exactly the trained ones; load_step swaps
+  # in another checkpoint's.
+  weights = sampler._state  # pylint: disable=protected-access
+  for name in ('g_params', 'g_state', 'ema_g_params'):
+    for got, want in zip(jax.tree.leaves(getattr(weights, name)),
+                         jax.tree.leaves(getattr(resumed, name))):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  sampler.load_step(2)
+  assert sampler.step == 2
+  assert not np.array_equal(a, sampler.sample(captions, seed=0, batch_size=2))
+  sampler.close()
   # The CLI (--mode=sample) runs as the README writes it in test_readme.py.
 
 
@@ -270,8 +281,8 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
                                                   tmp_path):
   """--mode=eval's job: oracle metrics, FID/IS through a features function,
   cached real statistics, results in JSONL, CSV and TensorBoard."""
-  from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
   _, _, workdir = straight_and_resumed
   workdir = shutil.copytree(workdir, str(tmp_path / 'run'))

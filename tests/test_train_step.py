@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xmcgan_jax import parallel
-from xmcgan_jax import train_step as ts
+from xmcgan_jax.training import train_step as ts
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 

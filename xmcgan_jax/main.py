@@ -169,7 +169,7 @@ def _check_before_jax(workdir: str) -> None:
 def _run_mode(workdir: str) -> None:
   """Runs --mode on the resolved workdir."""
   if _MODE.value == 'sample':
-    from xmcgan_jax import sample  # pylint: disable=g-import-not-at-top
+    from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
     captions = [c.strip() for c in _CAPTIONS.value.split('|') if c.strip()]
     if not captions:
       raise errors.UserError("--mode=sample needs --captions='a ...|b ...'.")
@@ -179,13 +179,13 @@ def _run_mode(workdir: str) -> None:
     print(path)
     return
   if _MODE.value == 'eval':
-    from xmcgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
     results = evaluate.run(workdir, flags.FLAGS.config, poll=_EVAL_POLL.value,
                            timeout_s=_EVAL_TIMEOUT.value)
     for result in results:
       print(result)
     return
-  from xmcgan_jax import train  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.training import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(flags.FLAGS.config, workdir)
 
 

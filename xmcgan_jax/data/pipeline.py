@@ -28,7 +28,7 @@ from xmcgan_jax import config_base
 from xmcgan_jax import errors
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import shapes
-from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 Batch = Dict[str, np.ndarray]

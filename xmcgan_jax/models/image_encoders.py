@@ -11,7 +11,7 @@ and normalised as the weights require:
 
 Weights load without torch from Keras application .h5 files (legacy layout:
 `layer_names` and per-layer `weight_names`) or from .npz files converted from
-torchvision state dicts by `python -m xmcgan_jax.convert_torchvision`
+torchvision state dicts by `python -m xmcgan_jax.models.convert_torchvision`
 (keys '<keras layer>/<index>' in Keras weight order).
 """
 
@@ -275,7 +275,7 @@ def load_image_encoder(name: str, weights: str, feature: str = '',
   Args:
     name: 'vgg19' or 'resnet50'.
     weights: the weight file (.h5: Keras application layout; .npz: from
-      xmcgan_jax.convert_torchvision).
+      xmcgan_jax.models.convert_torchvision).
     feature: which output (see build_image_encoder).
     preprocess_mode: override the normalisation ('caffe', 'torch', 'none').
     dtype: compute dtype; the params load as float32.
@@ -288,7 +288,7 @@ def load_image_encoder(name: str, weights: str, feature: str = '',
     raise errors.MissingFileError(
         f'Image encoder weights {weights!r} not found: expected a Keras '
         f'application file (e.g. {name}_weights_tf_dim_ordering_tf_kernels.h5)'
-        ' or an .npz from `python -m xmcgan_jax.convert_torchvision`.')
+        ' or an .npz from `python -m xmcgan_jax.models.convert_torchvision`.')
   if weights.endswith('.npz'):
     layout, table = 'torch', read_npz(weights)
   elif weights.endswith(('.h5', '.hdf5')):

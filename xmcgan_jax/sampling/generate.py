@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from xmcgan_jax.models import text_encoder as text_encoder_lib
+from xmcgan_jax.text import encoder as text_encoder_lib
 
 
 def make_generate_fn(generator: nn.Module,

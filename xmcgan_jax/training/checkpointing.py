@@ -115,13 +115,15 @@ class Checkpointer:
         f'({type(cause).__name__}: {cause}); stopped training. Kept '
         f'checkpoints: {kept or "none"}.')
 
-  def restore_latest(self, abstract_state: Any
+  def restore_latest(self, abstract_state: Any, partial: bool = False
                      ) -> Optional[Tuple[int, Any, List[int]]]:
     """(step, state, data positions) of the newest readable checkpoint.
 
     Args:
       abstract_state: a TrainState of jax.ShapeDtypeStruct (with shardings)
         or concrete arrays, giving the structure and placement to restore.
+      partial: `abstract_state` is a dict of some of the TrainState's fields
+        (say, the generator's); only those are read.
 
     Returns:
       None if there is no readable checkpoint.
@@ -129,7 +131,7 @@ class Checkpointer:
     for step in reversed(self.all_steps()):
       try:
         with _AbandonedReadsHidden():
-          return self.restore(step, abstract_state)
+          return self.restore(step, abstract_state, partial)
       except Exception as e:  # pylint: disable=broad-except
         cause = str(e).strip().splitlines()[0][:160] if str(e).strip() else ''
         logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); '
@@ -137,16 +139,27 @@ class Checkpointer:
                         type(e).__name__, cause)
     return None
 
-  def restore(self, step: int, abstract_state: Any
+  def restore(self, step: int, abstract_state: Any, partial: bool = False
               ) -> Tuple[int, Any, List[int]]:
     """(step, state, data positions) of the checkpoint at `step`.
+
+    Args:
+      step: the checkpoint's step.
+      abstract_state: as for restore_latest.
+      partial: as for restore_latest.
 
     Raises:
       Whatever Orbax raises for a missing or unreadable checkpoint.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    if partial:  # Reads the named subtrees only (no D, no Adam moments).
+      state_args = ocp.args.PyTreeRestore(
+          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract), partial_restore=True)
+    else:
+      state_args = ocp.args.StandardRestore(abstract)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state=state_args, data=ocp.args.JsonRestore()))
     return step, restored['state'], list(restored['data']['positions'])
 
   def reload(self) -> None:

@@ -30,18 +30,18 @@ import numpy as np
 import tensorflow as tf
 from clu import metric_writers
 
-from xmcgan_jax import sample as sample_lib
-from xmcgan_jax import checkpointing
+from xmcgan_jax.sampling import sample as sample_lib
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
 from xmcgan_jax import errors
 from xmcgan_jax import paths
 from xmcgan_jax.data import pipeline
-from xmcgan_jax.data import tokenizer as tokenizer_lib
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.eval import fid
 from xmcgan_jax.eval import inception
 from xmcgan_jax.eval import r_precision
 from xmcgan_jax.eval import shapes_oracle
-from xmcgan_jax.models import text_encoder as text_encoder_lib
+from xmcgan_jax.text import encoder as text_encoder_lib
 
 RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'
@@ -75,7 +75,7 @@ def eval_set(config, count: int,
     directory = text_encoder_lib.resolve_text_encoder_dir(config.text_encoder)
     tokenizer = tokenizer_lib.Tokenizer(
         os.path.join(directory, 'vocab.txt'),
-        text_encoder_lib._lower_case(directory))  # pylint: disable=protected-access
+        text_encoder_lib.vocab_is_lower_case(directory))
   data = pipeline.create_input_pipeline(config, tokenizer)
   dataset = data.eval_dataset(config.eval_batch_size, count)
   captions = [c.decode() for b in pipeline.as_numpy(dataset.map(
@@ -160,6 +160,7 @@ class Evaluator:
     self.captions, real_images, self.truth = eval_set(c, count)
     self.oracle = None
     self.inception = None
+    self._sampler = None  # Made by the first evaluate() call.
     if c.dataset == 'shapes':
       self.oracle = shapes_oracle.ShapesOracle.load_or_train(
           os.path.join(workdir, shapes_oracle.oracle_file_name(c.shapes_grid)),
@@ -187,8 +188,12 @@ class Evaluator:
   def evaluate(self, step: Optional[int] = None) -> Dict[str, float]:
     """Metrics of raw and EMA G at a checkpoint step (default: newest)."""
     c = self.config
-    sampler = sample_lib.Sampler.from_workdir(self.workdir, step=step,
-                                              config=c)
+    if self._sampler is None:  # Text encoder loaded, G compiled, once.
+      self._sampler = sample_lib.Sampler.from_workdir(self.workdir,
+                                                      step=step, config=c)
+    else:
+      self._sampler.load_step(step)
+    sampler = self._sampler
     out = {'step': sampler.step}
     for name, ema in (('raw', False), ('ema', True)):
       labels, oracle_features, pools, probs = [], [], [], []

@@ -1,6 +1,6 @@
 """BERT tokenization without TensorFlow, for sampling (a Colab TPU runtime).
 
-Training tokenizes inside tf.data with tensorflow-text (data/tokenizer.py);
+Training tokenizes inside tf.data with tensorflow-text (tokenizer.py);
 sampling uses Hugging Face `tokenizers` (Rust, no torch or TensorFlow) on the
 same vocab.txt, and a test checks that both give the same ids.
 """

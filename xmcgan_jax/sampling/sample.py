@@ -1,6 +1,6 @@
 """Sampling from a trained run: captions in, uint8 images out.
 
-  from xmcgan_jax import sample
+  from xmcgan_jax.sampling import sample
   sampler = sample.Sampler.from_workdir('workdirs/shapes')
   images = sampler.sample(['a large red circle at the top left'], seed=0)
 
@@ -11,7 +11,7 @@ captions are tokenized by the pure-Python WordPiece tokenizer.
 
 import json
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 from absl import logging
 import jax
@@ -20,19 +20,26 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
-from xmcgan_jax import builders
-from xmcgan_jax import checkpointing
+from xmcgan_jax.training import builders
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
 from xmcgan_jax import errors
-from xmcgan_jax import generate
+from xmcgan_jax.sampling import generate
 from xmcgan_jax import parallel
 from xmcgan_jax import paths
-from xmcgan_jax import train_step as train_step_lib
-from xmcgan_jax import visualize
-from xmcgan_jax import wordpiece
-from xmcgan_jax.models import text_encoder as text_encoder_lib
+from xmcgan_jax.sampling import visualize
+from xmcgan_jax.text import wordpiece
+from xmcgan_jax.text import encoder as text_encoder_lib
 
 _STANDING_BATCH = 64  # Captions (cycled) per standing-statistics forward.
+
+
+class GeneratorWeights(NamedTuple):
+  """The generator's part of a training checkpoint (TrainState fields)."""
+  step: Any
+  g_params: Any
+  g_state: Any  # BatchNorm running statistics of the raw generator.
+  ema_g_params: Any
 
 
 def _read(path: str) -> str:
@@ -68,23 +75,31 @@ class Sampler:
   Use Sampler.from_workdir; `step` is the checkpoint step it holds.
   """
 
-  def __init__(self, config, state: train_step_lib.TrainState,
-               text: text_encoder_lib.TextEncoder, generator):
+  def __init__(self, config, weights: GeneratorWeights,
+               text: text_encoder_lib.TextEncoder, generator,
+               checkpointer: Optional[checkpointing.Checkpointer] = None):
     self.config = config
-    self.step = int(state.step)
-    self._state = state
     self._text = text
+    self._generator = generator
+    self._checkpointer = checkpointer
     self._tokenizer = wordpiece.WordPieceTokenizer(text.vocab_path,
                                                    text.lower_case)
     self._generate = generate.make_generate_fn(generator, text.features_fn())
     self._standing = generate.make_standing_stats_fn(generator)
     self._text_features = jax.jit(text.features_fn())
+    self._set_weights(weights)
+
+  def _set_weights(self, weights: GeneratorWeights) -> None:
+    self.step = int(weights.step)
+    self._state = weights
     self._standing_cache = (None, None)  # (captions key, statistics).
 
   @classmethod
   def from_workdir(cls, workdir: str, text_encoder: Optional[str] = None,
                    step: Optional[int] = None, config=None) -> 'Sampler':
     """Loads a checkpoint of a training workdir (the newest readable one).
+
+    Only the generator's weights are read (not D, not the optimizers).
 
     Args:
       workdir: the --workdir of a training run (local or gs://).
@@ -105,27 +120,25 @@ class Sampler:
     text = text_encoder_lib.load_text_encoder(
         config.text_encoder, pooling=config.text_pooling,
         dtype=jnp.dtype(config.dtype))
-    generator, discriminator = builders.build_models(config, text.width)
-    g_tx, d_tx = builders.build_optimizers(config)
-    mesh = parallel.make_mesh(jax.local_devices()[:1])
-    replicated = NamedSharding(mesh, parallel.REPLICATED)
-    abstract = jax.eval_shape(lambda: train_step_lib.create_train_state(
-        jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        abstract)
+    generator, _ = builders.build_models(config, text.width)
     checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, paths.CHECKPOINT_DIR), keep=config.keep_checkpoints,
-        asynchronous=False)
-    if step is None:
-      restored = checkpointer.restore_latest(abstract)
-    else:
-      restored = checkpointer.restore(step, abstract)
-    checkpointer.close()
-    if restored is None:
-      raise errors.MissingFileError(f'No readable checkpoint under {workdir}/'
-                              'checkpoints.')
-    return cls(config, restored[1], text, generator)
+        os.path.join(workdir, paths.CHECKPOINT_DIR),
+        keep=config.keep_checkpoints, asynchronous=False)
+    weights = _restore(checkpointer, _abstract_weights(generator), step)
+    return cls(config, weights, text, generator, checkpointer)
+
+  def load_step(self, step: Optional[int] = None) -> None:
+    """Swaps in the generator of another checkpoint (default: the newest).
+
+    The text encoder and the compiled functions are kept, so evaluating a
+    series of checkpoints loads and compiles them once.
+    """
+    self._checkpointer.reload()  # Steps written since it was opened.
+    self._set_weights(_restore(self._checkpointer, self._state, step))
+
+  def close(self) -> None:
+    if self._checkpointer is not None:
+      self._checkpointer.close()
 
   def sample(self, captions: Sequence[str], seed: int = 0, ema: bool = True,
              batch_size: int = 64) -> np.ndarray:
@@ -193,6 +206,39 @@ class Sampler:
     return state
 
 
+def _restore(checkpointer: checkpointing.Checkpointer,
+             like: GeneratorWeights, step: Optional[int]) -> GeneratorWeights:
+  """G's weights of checkpoint `step` (default: the newest readable)."""
+  abstract = like._asdict()  # The TrainState fields of the same names.
+  if step is None:
+    restored = checkpointer.restore_latest(abstract, partial=True)
+  else:
+    restored = checkpointer.restore(step, abstract, partial=True)
+  if restored is None:
+    raise errors.MissingFileError(
+        f'No readable checkpoint under {checkpointer.directory}.')
+  return GeneratorWeights(**restored[1])
+
+
+def _abstract_weights(generator) -> GeneratorWeights:
+  """Shapes, dtypes and (one local device) placement of G's weights."""
+  g = generator
+  shapes = jax.eval_shape(lambda: g.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, g.z_dim)),
+      jnp.zeros((2, g.text_dim)), jnp.zeros((2, g.max_tokens, g.text_dim)),
+      jnp.ones((2, g.max_tokens), bool), train=False))
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  replicated = NamedSharding(mesh, parallel.REPLICATED)
+  with_sharding = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      tree)
+  return GeneratorWeights(
+      step=with_sharding(jax.ShapeDtypeStruct((), jnp.int32)),
+      g_params=with_sharding(shapes['params']),
+      g_state=with_sharding(shapes['batch_stats']),
+      ema_g_params=with_sharding(shapes['params']))
+
+
 def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
                 seed: int = 0, ema: bool = True) -> str:
   """Samples captions from a workdir and writes a PNG grid with them.
@@ -203,6 +249,7 @@ def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
   workdir = paths.resolve(workdir)
   sampler = Sampler.from_workdir(workdir)
   images = sampler.sample(captions, seed=seed, ema=ema)
+  sampler.close()
   output = paths.resolve(output) or os.path.join(
       workdir, paths.SAMPLES_DIR, f'cli_{sampler.step:08d}_seed{seed}.png')
   visualize.save_png(output, visualize.make_grid(images, list(captions)))

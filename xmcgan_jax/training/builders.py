@@ -4,12 +4,13 @@ Kept free of TensorFlow so the train step can be built on machines that only
 have JAX (benchmarks on GPU images, sampling).
 """
 
+import dataclasses
 from typing import Tuple
 
 import jax.numpy as jnp
 import optax
 
-from xmcgan_jax import train_step
+from xmcgan_jax.training import train_step
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 
@@ -45,14 +46,14 @@ def build_optimizers(config) -> Tuple[optax.GradientTransformation,
 
 
 def build_step_config(config) -> train_step.StepConfig:
-  """The StepConfig (loss weights, negatives, BN groups, ...) of a config."""
-  w = config.loss_weights
+  """The StepConfig (loss weights, negatives, BN groups, ...) of a config.
+
+  Every StepConfig field is the config field of the same name.
+  """
+  fields = {f.name: config[f.name]
+            for f in dataclasses.fields(train_step.StepConfig)
+            if f.name not in ('word_gammas', 'weights')}
   return train_step.StepConfig(
-      d_steps_per_g_step=config.d_steps_per_g_step,
-      contrastive_negatives=config.contrastive_negatives,
-      bn_group=config.bn_group, ema_decay=config.ema_decay,
-      temperature=config.temperature,
       word_gammas=tuple(float(g) for g in config.word_gammas),
-      weights=train_step.LossWeights(
-          adversarial=w.adversarial, sentence=w.sentence, word=w.word,
-          image_d=w.image_d, image_pretrained=w.image_pretrained))
+      weights=train_step.LossWeights(**config.loss_weights.to_dict()),
+      **fields)

@@ -1,6 +1,6 @@
 """Converts torchvision VGG-19 / ResNet-50 weights to an .npz our loader reads.
 
-  python -m xmcgan_jax.convert_torchvision --model=vgg19 \
+  python -m xmcgan_jax.models.convert_torchvision --model=vgg19 \
       --input=vgg19-dcbb9e9d.pth --output=vgg19_torchvision.npz
 
 torch is needed here only (to read the .pth); training loads the .npz without

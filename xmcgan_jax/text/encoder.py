@@ -341,7 +341,7 @@ class TextEncoder:
   @functools.cached_property
   def _tokenizer(self):
     # Imported here: the encoder itself must not need TensorFlow.
-    from xmcgan_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
+    from xmcgan_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
     return tokenizer.Tokenizer(self.vocab_path, self.lower_case)
 
   @functools.cached_property
@@ -359,7 +359,9 @@ class TextEncoder:
                                  jnp.asarray(token_mask, bool))
 
 
-def _lower_case(directory: str) -> bool:
+def vocab_is_lower_case(directory: str) -> bool:
+  """Whether the model in `directory` lower-cases and strips accents
+  (tokenizer_config.json's do_lower_case, else an uncased name)."""
   path = os.path.join(directory, 'tokenizer_config.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
@@ -402,5 +404,5 @@ def load_text_encoder(name_or_path: str, pooling: str = 'mean',
   return TextEncoder(module=BertEncoder(config, dtype=dtype),
                      params=jax.tree.map(jnp.asarray, params),
                      vocab_path=os.path.join(directory, 'vocab.txt'),
-                     lower_case=_lower_case(directory), pooling=pooling,
+                     lower_case=vocab_is_lower_case(directory), pooling=pooling,
                      directory=directory)

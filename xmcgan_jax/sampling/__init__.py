@@ -1,0 +1,1 @@
+"""Sampling: checkpoints and captions in, images out, without TensorFlow."""

@@ -1,0 +1,1 @@
+"""Text: the frozen BERT-family encoder, its Hugging Face files, tokenizers."""

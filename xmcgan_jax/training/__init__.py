@@ -1,0 +1,1 @@
+"""Training: the compiled step, the loop around it, its state on disk."""
