@@ -289,3 +289,14 @@ def test_bad_records_are_skipped_and_counted(tmp_path, tokenizer):
   # The CMYK image (pure red) decodes to red, the grayscale one to grey.
   assert (np.abs(centres - [1.0, 0.0, 0.0]).max(axis=-1) < 0.1).sum() == 1
   assert (np.ptp(centres, axis=-1) < 0.02).sum() == 1
+
+
+def test_every_configurable_dataset_has_a_spec():
+  """config_base.DATASETS (validation, no TensorFlow) names exactly the
+  datasets the pipeline can build."""
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  assert set(config_base.DATASETS) == set(pipeline.DATASETS)
+  config = config_base.get_base_config()
+  config.dataset = 'no_such_dataset'
+  with pytest.raises(ValueError, match="dataset='no_such_dataset'.*shapes"):
+    pipeline.make_builder(config)

@@ -17,7 +17,7 @@ process runs the same number of batches.
 
 import dataclasses
 import threading
-from typing import Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from absl import logging
 import numpy as np
@@ -34,23 +34,48 @@ AUTOTUNE = tf.data.AUTOTUNE
 Batch = Dict[str, np.ndarray]
 
 
+def _shapes_builder(config, data_dir: Optional[str]
+                    ) -> tfds.core.DatasetBuilder:
+  shapes_config = shapes.shapes_config(config.image_size,
+                                       config.shapes_train_size,
+                                       config.shapes_eval_size,
+                                       grid=config.shapes_grid,
+                                       max_objects=config.shapes_max_objects)
+  # TFDS wants a predefined config by name, a custom one as an object.
+  predefined = [c.name for c in shapes.Shapes.BUILDER_CONFIGS]
+  if shapes_config.name in predefined:
+    shapes_config = shapes_config.name
+  return shapes.Shapes(config=shapes_config, data_dir=data_dir)
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """Where a dataset's splits and captions are."""
+  """How to build a dataset, and where its splits and captions are."""
+  # (config, data_dir or None) -> the TFDS builder (not yet prepared).
+  builder: Callable[[Any, Optional[str]], tfds.core.DatasetBuilder]
   train_split: str
   eval_split: str
   # Raw TFDS example -> tf.string vector of its captions.
   captions: Callable[[Dict[str, tf.Tensor]], tf.Tensor]
 
 
+# Every dataset `config.dataset` can name (config_base.DATASETS lists the same
+# names for validation without TensorFlow; a test checks that they agree).
 DATASETS = {
-    'shapes': DatasetSpec('train', 'validation', lambda ex: ex['captions']),
-    'coco': DatasetSpec('train', 'val+test+restval',
-                        lambda ex: ex['captions']['text']),
-    'ln_coco': DatasetSpec('train', 'validation',
-                           lambda ex: tf.reshape(ex['caption'], [1])),
-    'ln_openimages': DatasetSpec('train', 'validation',
-                                 lambda ex: tf.reshape(ex['caption'], [1])),
+    'shapes': DatasetSpec(_shapes_builder, 'train', 'validation',
+                          lambda ex: ex['captions']),
+    'coco': DatasetSpec(
+        lambda config, data_dir: tfds.builder('coco_captions/2014',
+                                              data_dir=data_dir),
+        'train', 'val+test+restval', lambda ex: ex['captions']['text']),
+    'ln_coco': DatasetSpec(
+        lambda config, data_dir: localized_narratives.LnCoco(
+            data_dir=data_dir),
+        'train', 'validation', lambda ex: tf.reshape(ex['caption'], [1])),
+    'ln_openimages': DatasetSpec(
+        lambda config, data_dir: localized_narratives.LnOpenImages(
+            data_dir=data_dir),
+        'train', 'validation', lambda ex: tf.reshape(ex['caption'], [1])),
 }
 
 
@@ -76,26 +101,10 @@ def swap_left_right(captions: tf.Tensor) -> tf.Tensor:
 
 def make_builder(config) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `config.dataset` (not yet prepared)."""
-  data_dir = config.data_dir or None
-  if config.dataset == 'shapes':
-    shapes_config = shapes.shapes_config(config.image_size,
-                                         config.shapes_train_size,
-                                         config.shapes_eval_size,
-                                         grid=config.shapes_grid,
-                                         max_objects=config.shapes_max_objects)
-    # TFDS wants a predefined config by name, a custom one as an object.
-    predefined = [c.name for c in shapes.Shapes.BUILDER_CONFIGS]
-    if shapes_config.name in predefined:
-      shapes_config = shapes_config.name
-    return shapes.Shapes(config=shapes_config, data_dir=data_dir)
-  if config.dataset == 'coco':
-    return tfds.builder('coco_captions/2014', data_dir=data_dir)
-  if config.dataset == 'ln_coco':
-    return localized_narratives.LnCoco(data_dir=data_dir)
-  if config.dataset == 'ln_openimages':
-    return localized_narratives.LnOpenImages(data_dir=data_dir)
-  raise ValueError(f'config.dataset={config.dataset!r}: unknown dataset; '
-                   f'choose from {sorted(DATASETS)}.')
+  if config.dataset not in DATASETS:
+    raise ValueError(f'config.dataset={config.dataset!r}: unknown dataset; '
+                     f'choose from {sorted(DATASETS)}.')
+  return DATASETS[config.dataset].builder(config, config.data_dir or None)
 
 
 def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str = '') -> None:
