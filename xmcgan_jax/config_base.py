@@ -19,6 +19,27 @@ IMAGE_SIZES = (64, 128, 256)
 IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
 
 
+def _loss_weights() -> ml_collections.ConfigDict:
+  """Loss term weights; 0 switches a term off."""
+  w = ml_collections.ConfigDict()
+  w.adversarial = 1.0  # Hinge, D and G.
+  w.sentence = 1.0  # Sentence-image NCE.
+  w.word = 1.0  # Word-region NCE.
+  w.image_d = 1.0  # Real-fake NCE on D features (G).
+  w.image_pretrained = 1.0  # Real-fake NCE on a frozen encoder.
+  return w
+
+
+def _image_encoder() -> ml_collections.ConfigDict:
+  """Frozen pretrained image encoder for loss_weights.image_pretrained."""
+  e = ml_collections.ConfigDict()
+  e.name = 'none'  # One of IMAGE_ENCODERS.
+  e.weights = ''  # .h5 / .npz / .npy weight file.
+  e.feature = ''  # '' = default (vgg19: fc7, resnet50: logits).
+  e.preprocess = ''  # '' = as the weights need; or 'none', ...
+  return e
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Paper defaults (COCO-like); each config file overrides what differs."""
   c = ml_collections.ConfigDict()
@@ -74,20 +95,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.word_gammas = (5.0, 5.0, 50.0)  # DAMSM gamma1..3 of the word loss.
   c.num_train_steps = 500_000  # G updates.
 
-  # Loss term weights; 0 switches a term off.
-  c.loss_weights = ml_collections.ConfigDict()
-  c.loss_weights.adversarial = 1.0  # Hinge, D and G.
-  c.loss_weights.sentence = 1.0  # Sentence-image NCE.
-  c.loss_weights.word = 1.0  # Word-region NCE.
-  c.loss_weights.image_d = 1.0  # Real-fake NCE on D features (G).
-  c.loss_weights.image_pretrained = 1.0  # Real-fake NCE on a frozen encoder.
-
-  # Frozen pretrained image encoder for loss_weights.image_pretrained.
-  c.image_encoder = ml_collections.ConfigDict()
-  c.image_encoder.name = 'none'  # One of IMAGE_ENCODERS.
-  c.image_encoder.weights = ''  # .h5 / .npz / .npy weight file.
-  c.image_encoder.feature = ''  # '' = default (vgg19: fc7, resnet50: logits).
-  c.image_encoder.preprocess = ''  # '' = as the weights need; or 'none', ...
+  c.loss_weights = _loss_weights()
+  c.image_encoder = _image_encoder()
 
   # Logging and checkpoints.
   c.log_every_steps = 100  # Scalars to TensorBoard and console.

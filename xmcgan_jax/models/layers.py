@@ -186,6 +186,10 @@ class ConditionalBatchNorm(nn.Module):
     return out.reshape(b, h, w, c)
 
 
+# Hand-written, not flax's nn.SpectralNorm: that wraps a whole layer and
+# normalises its params, while ours must normalise the 3x3 kernel before the
+# exact rewrites derive the 4x4 / sub-pixel kernels from it; it also keeps the
+# release's u-then-v iteration and checkpoints' 'spectral_norm_stats' layout.
 def _spectral_normalize(module: nn.Module, kernel: jax.Array,
                         update_stats: bool) -> jax.Array:
   """Divides `kernel` by its largest singular value (one power iteration).
