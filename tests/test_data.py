@@ -215,8 +215,12 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   config.eval_batch_size = 3
   config.fid_stats_dir = str(tmp_path / 'stats')
-  texts, images, truth = evaluate.eval_set(config, 10, tokenizer)
+  texts, (ids, mask), images, truth = evaluate.eval_set(config, 10,
+                                                        tokenizer)
   assert truth is None and {t.encode() for t in texts} == want
+  want_ids, want_mask = tokenizer.tokenize_numpy(texts, config.max_tokens)
+  np.testing.assert_array_equal(ids, want_ids)  # The pipeline's own ids.
+  np.testing.assert_array_equal(mask, want_mask)
   batches = list(images())
   assert [b.shape for b in batches] == [(3, 64, 64, 3), (1, 64, 64, 3)]
   assert all(b.dtype == np.uint8 for b in batches)

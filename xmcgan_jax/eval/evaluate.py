@@ -22,7 +22,7 @@ import io
 import json
 import os
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 import jax
@@ -47,11 +47,19 @@ RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'
 
 
+class EvalSet(NamedTuple):
+  """The eval examples: captions, token ids, a stream of real images."""
+  captions: List[str]
+  # (ids, mask) (N, T) as the pipeline tokenized them; None: the sampler
+  # tokenizes the captions (Shapes, read from its generator).
+  tokens: Optional[Tuple[np.ndarray, np.ndarray]]
+  images: Callable[[], Iterator[np.ndarray]]  # uint8 batches, re-readable.
+  truth: Optional[np.ndarray]  # Shapes objects, for the oracle.
+
+
 def eval_set(config, count: int,
-             tokenizer: Optional[tokenizer_lib.Tokenizer] = None) -> Tuple[
-                 List[str], Callable[[], Iterator[np.ndarray]],
-                 Optional[np.ndarray]]:
-  """Captions, a function streaming the real uint8 images, Shapes labels.
+             tokenizer: Optional[tokenizer_lib.Tokenizer] = None) -> EvalSet:
+  """The first `count` eval examples of a run's dataset.
 
   Args:
     config: the run's config (dataset, data_dir, image_size, ...).
@@ -59,33 +67,34 @@ def eval_set(config, count: int,
     tokenizer: for the pipeline; default: the run's text encoder's vocab.
 
   Shapes reads its generator directly (with the objects, for the oracle);
-  other datasets come through the eval pipeline, read twice (captions now,
-  images only if their statistics are not cached) rather than held in
-  memory.
+  other datasets come through the eval pipeline, read twice (captions and
+  token ids now, images only if their statistics are not cached) rather
+  than held in memory.
   """
   if config.dataset == 'shapes':
     count = min(count, config.shapes_eval_size)
     real, truth, captions = shapes_oracle.validation_set(
         count, config.image_size, grid=config.shapes_grid,
         max_objects=config.shapes_max_objects)
-    return captions, lambda: iter(np.array_split(real, -(-count // 500))), truth
-  if tokenizer is None:
-    # The pipeline tokenizes for training; only captions and images are used
-    # here (the sampler tokenizes again), with the run's vocab.
+    return EvalSet(captions, None,
+                   lambda: iter(np.array_split(real, -(-count // 500))), truth)
+  if tokenizer is None:  # The run's vocab, as training tokenized.
     directory = text_encoder_lib.resolve_text_encoder_dir(config.text_encoder)
     tokenizer = tokenizer_lib.Tokenizer(
         os.path.join(directory, 'vocab.txt'),
         text_encoder_lib.vocab_is_lower_case(directory))
   data = pipeline.create_input_pipeline(config, tokenizer)
   dataset = data.eval_dataset(config.eval_batch_size, count)
-  captions = [c.decode() for b in pipeline.as_numpy(dataset.map(
-      lambda ex: {'caption': ex['caption'], 'valid': ex['valid']}))
-              for c, ok in zip(b['caption'], b['valid']) if ok]
+  text = [b for b in pipeline.as_numpy(dataset.map(lambda ex: {
+      k: ex[k] for k in ('caption', 'token_ids', 'token_mask', 'valid')}))]
+  valid = lambda key: np.concatenate([b[key][b['valid']] for b in text])
+  captions = [c.decode() for c in valid('caption')]
+  tokens = (valid('token_ids'), valid('token_mask').astype(bool))
 
   def images():
     for b in pipeline.as_numpy(dataset):
       yield np.round(b['image'][b['valid']] * 255).astype(np.uint8)
-  return captions, images, None
+  return EvalSet(captions, tokens, images, None)
 
 
 def real_statistics(config, features: Callable[[np.ndarray], Tuple[
@@ -157,7 +166,9 @@ class Evaluator:
         config or sample_lib.load_config(workdir))
     c = self.config
     count = c.eval_num_samples
-    self.captions, real_images, self.truth = eval_set(c, count)
+    examples = eval_set(c, count)
+    self.captions, self.tokens = examples.captions, examples.tokens
+    real_images, self.truth = examples.images, examples.truth
     self.oracle = None
     self.inception = None
     self._sampler = None  # Made by the first evaluate() call.
@@ -197,9 +208,9 @@ class Evaluator:
     out = {'step': sampler.step}
     for name, ema in (('raw', False), ('ema', True)):
       labels, oracle_features, pools, probs = [], [], [], []
-      for images in sampler.sample_batches(self.captions, seed=c.seed + 2,
-                                           ema=ema,
-                                           batch_size=c.eval_batch_size):
+      ids, mask = self.tokens or sampler.tokenize(self.captions)
+      for images in sampler.sample_token_batches(
+          ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
         if self.oracle is not None:
           predicted, feats = self.oracle.predict(images)
           labels.append(predicted)

@@ -11,7 +11,7 @@ captions are tokenized by the pure-Python WordPiece tokenizer.
 
 import json
 import os
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -154,6 +154,11 @@ class Sampler:
     return np.concatenate(list(self.sample_batches(captions, seed, ema,
                                                    batch_size)))
 
+  def tokenize(self, captions: Sequence[str]
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) (N, max_tokens) of captions, as training tokenized them."""
+    return self._tokenizer.tokenize(list(captions), self.config.max_tokens)
+
   def sample_batches(self, captions: Sequence[str], seed: int = 0,
                      ema: bool = True, batch_size: int = 64
                      ) -> Iterator[np.ndarray]:
@@ -163,15 +168,20 @@ class Sampler:
     time; the EMA BatchNorm statistics are computed once, from the first
     64 captions.
     """
+    ids, mask = self.tokenize(captions)
+    return self.sample_token_batches(ids, mask, seed, ema, batch_size)
+
+  def sample_token_batches(self, ids: np.ndarray, mask: np.ndarray,
+                           seed: int = 0, ema: bool = True,
+                           batch_size: int = 64) -> Iterator[np.ndarray]:
+    """`sample_batches` of captions already tokenized: (N, T) ids, mask."""
     params = self._state.ema_g_params if ema else self._state.g_params
-    ids, mask = self._tokenizer.tokenize(list(captions),
-                                         self.config.max_tokens)
-    z = np.asarray(generate.noise(seed, len(captions), self.config.z_dim))
+    z = np.asarray(generate.noise(seed, len(ids), self.config.z_dim))
     g_state = self._state.g_state
     if ema:  # From the first captions, whatever the sampling batch size.
       g_state = self.standing_statistics(ids[:_STANDING_BATCH],
                                          mask[:_STANDING_BATCH])
-    for start in range(0, len(captions), batch_size):
+    for start in range(0, len(ids), batch_size):
       chunk = slice(start, start + batch_size)
       n = len(ids[chunk])
       pad = lambda x: np.concatenate(
@@ -179,7 +189,6 @@ class Sampler:
       images = self._generate(params, g_state, self._text.params,
                               pad(ids[chunk]), pad(mask[chunk]), pad(z[chunk]))
       yield visualize.to_uint8(np.asarray(images)[:n])
-
 
   def standing_statistics(self, ids: np.ndarray, mask: np.ndarray,
                           batch_size: int = _STANDING_BATCH,
