@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from benchmarks import common
 from xmcgan_jax.data import pipeline
-from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.text import encoder as text_encoder
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 
 
 def write_images(manual_dir: str, count: int, seed: int = 0) -> None:

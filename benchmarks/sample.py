@@ -17,8 +17,8 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import train_step as train_step_bench
-from xmcgan_jax.training import builders
 from xmcgan_jax.sampling import generate
+from xmcgan_jax.training import builders
 
 
 def run(name: str, args) -> list:

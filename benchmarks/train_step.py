@@ -25,10 +25,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from benchmarks import common
-from xmcgan_jax.training import builders
 from xmcgan_jax import parallel
-from xmcgan_jax.training import train_step as train_step_lib
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.training import builders
+from xmcgan_jax.training import train_step as train_step_lib
 
 PEAK_TFLOPS = {'gpu': 989.0}
 

@@ -12,8 +12,8 @@ from tests import fake_data
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import shapes
-from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.eval import shapes_oracle
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 
 WORDS = ('[PAD] [UNK] [CLS] [SEP] [MASK] . , ! a the an image of with and at '
          'in on there is has picture grey background caption').split()

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from xmcgan_jax import losses
-from xmcgan_jax import parallel
-from xmcgan_jax.training import train_step as ts
 from xmcgan_jax.models.convert_torchvision import convert_resnet50
 from xmcgan_jax.models.convert_torchvision import convert_vgg19
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 from xmcgan_jax.models import image_encoders as ie
+from xmcgan_jax import parallel
+from xmcgan_jax.training import train_step as ts
 
 keras = pytest.importorskip('keras')
 

@@ -8,12 +8,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.param_counts import count_parameters
-from xmcgan_jax import parallel
 from xmcgan_jax.models import Discriminator
-from xmcgan_jax.models import Generator
 from xmcgan_jax.models import discriminator as discriminator_lib
+from xmcgan_jax.models import Generator
 from xmcgan_jax.models import generator as generator_lib
 from xmcgan_jax.models import layers
+from xmcgan_jax import parallel
 
 E, T, Z = 16, 6, 8
 

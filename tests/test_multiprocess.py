@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax import errors
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

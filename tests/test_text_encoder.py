@@ -10,12 +10,12 @@ import pytest
 import safetensors.numpy
 import tensorflow as tf
 
-from xmcgan_jax import parallel
-from xmcgan_jax.training import train_step as ts
-from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
+from xmcgan_jax import parallel
 from xmcgan_jax.text import encoder as te
+from xmcgan_jax.text import tokenizer as tokenizer_lib
+from xmcgan_jax.training import train_step as ts
 
 HAS_TORCH = (importlib.util.find_spec('torch') is not None and
              importlib.util.find_spec('transformers') is not None)

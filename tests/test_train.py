@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
+from xmcgan_jax.training import checkpointing
 from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from xmcgan_jax import parallel
-from xmcgan_jax.training import train_step as ts
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
+from xmcgan_jax import parallel
+from xmcgan_jax.training import train_step as ts
 
 SIZE, E, T, Z, B = 64, 16, 6, 8, 16  # B: global batch per sub-step.
 

@@ -25,9 +25,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from xmcgan_jax import config_base
-from xmcgan_jax import errors
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import shapes
+from xmcgan_jax import errors
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -30,18 +30,18 @@ import numpy as np
 import tensorflow as tf
 from clu import metric_writers
 
-from xmcgan_jax.sampling import sample as sample_lib
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
-from xmcgan_jax import errors
-from xmcgan_jax import paths
 from xmcgan_jax.data import pipeline
-from xmcgan_jax.text import tokenizer as tokenizer_lib
+from xmcgan_jax import errors
 from xmcgan_jax.eval import fid
 from xmcgan_jax.eval import inception
 from xmcgan_jax.eval import r_precision
 from xmcgan_jax.eval import shapes_oracle
+from xmcgan_jax import paths
+from xmcgan_jax.sampling import sample as sample_lib
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.text import tokenizer as tokenizer_lib
+from xmcgan_jax.training import checkpointing
 
 RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'

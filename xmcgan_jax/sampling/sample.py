@@ -20,16 +20,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
-from xmcgan_jax.training import builders
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
 from xmcgan_jax import errors
-from xmcgan_jax.sampling import generate
 from xmcgan_jax import parallel
 from xmcgan_jax import paths
+from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
-from xmcgan_jax.text import wordpiece
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.text import wordpiece
+from xmcgan_jax.training import builders
+from xmcgan_jax.training import checkpointing
 
 _STANDING_BATCH = 64  # Captions (cycled) per standing-statistics forward.
 

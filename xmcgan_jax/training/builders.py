@@ -10,9 +10,9 @@ from typing import Tuple
 import jax.numpy as jnp
 import optax
 
-from xmcgan_jax.training import train_step
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
+from xmcgan_jax.training import train_step
 
 
 def build_models(config, text_dim: int) -> Tuple[Generator, Discriminator]:

@@ -23,19 +23,19 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 
-from xmcgan_jax.training import builders
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax import config_base
+from xmcgan_jax.data import pipeline
 from xmcgan_jax import errors
-from xmcgan_jax.sampling import generate
+from xmcgan_jax.models import image_encoders
 from xmcgan_jax import parallel
 from xmcgan_jax import paths
-from xmcgan_jax.training import train_step as train_step_lib
+from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
-from xmcgan_jax.data import pipeline
-from xmcgan_jax.text import tokenizer as tokenizer_lib
-from xmcgan_jax.models import image_encoders
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.text import tokenizer as tokenizer_lib
+from xmcgan_jax.training import builders
+from xmcgan_jax.training import checkpointing
+from xmcgan_jax.training import train_step as train_step_lib
 
 
 class _Preemption:
