@@ -206,9 +206,9 @@ class Evaluator:
       self._sampler.load_step(step)
     sampler = self._sampler
     out = {'step': sampler.step}
+    ids, mask = self.tokens or sampler.tokenize(self.captions)
     for name, ema in (('raw', False), ('ema', True)):
       labels, oracle_features, pools, probs = [], [], [], []
-      ids, mask = self.tokens or sampler.tokenize(self.captions)
       for images in sampler.sample_token_batches(
           ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
         if self.oracle is not None:

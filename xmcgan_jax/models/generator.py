@@ -145,6 +145,15 @@ class WordRegionAttention(nn.Module):
     return context.reshape(b, height, width, -1).astype(self.dtype)
 
 
+def dummy_inputs(generator: 'Generator', batch: int = 2):
+  """(z, sentence, words, mask) of zeros shaped for `generator.init`."""
+  g = generator
+  return (jnp.zeros((batch, g.z_dim), jnp.float32),
+          jnp.zeros((batch, g.text_dim), jnp.float32),
+          jnp.zeros((batch, g.max_tokens, g.text_dim), jnp.float32),
+          jnp.ones((batch, g.max_tokens), bool))
+
+
 class Generator(nn.Module):
   """Text-conditioned generator for 64, 128 or 256 px images.
 

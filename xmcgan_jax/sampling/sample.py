@@ -5,8 +5,8 @@
   images = sampler.sample(['a large red circle at the top left'], seed=0)
 
 Works on CPU, GPU and TPU and needs no TensorFlow: the config comes from the
-run's config.json, the weights from its newest readable Orbax checkpoint,
-captions are tokenized by the pure-Python WordPiece tokenizer.
+run's config.json, the generator's weights from its newest readable Orbax
+checkpoint, captions are tokenized by Hugging Face `tokenizers` WordPiece.
 """
 
 import json
@@ -24,6 +24,7 @@ from xmcgan_jax import config_base
 from xmcgan_jax import errors
 from xmcgan_jax import parallel
 from xmcgan_jax import paths
+from xmcgan_jax.models import generator as generator_lib
 from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import encoder as text_encoder_lib
@@ -80,7 +81,6 @@ class Sampler:
                checkpointer: Optional[checkpointing.Checkpointer] = None):
     self.config = config
     self._text = text
-    self._generator = generator
     self._checkpointer = checkpointer
     self._tokenizer = wordpiece.WordPieceTokenizer(text.vocab_path,
                                                    text.lower_case)
@@ -231,11 +231,9 @@ def _restore(checkpointer: checkpointing.Checkpointer,
 
 def _abstract_weights(generator) -> GeneratorWeights:
   """Shapes, dtypes and (one local device) placement of G's weights."""
-  g = generator
-  shapes = jax.eval_shape(lambda: g.init(
-      jax.random.PRNGKey(0), jnp.zeros((2, g.z_dim)),
-      jnp.zeros((2, g.text_dim)), jnp.zeros((2, g.max_tokens, g.text_dim)),
-      jnp.ones((2, g.max_tokens), bool), train=False))
+  shapes = jax.eval_shape(lambda: generator.init(
+      jax.random.PRNGKey(0), *generator_lib.dummy_inputs(generator),
+      train=False))
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   replicated = NamedSharding(mesh, parallel.REPLICATED)
   with_sharding = lambda tree: jax.tree.map(

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from xmcgan_jax import losses
 from xmcgan_jax import parallel
+from xmcgan_jax.models import generator as generator_lib
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -118,14 +119,6 @@ def make_optimizers(g_lr: float = 1e-4, d_lr: float = 4e-4, b1: float = 0.5,
   return optax.adam(g_lr, b1=b1, b2=b2), optax.adam(d_lr, b1=b1, b2=b2)
 
 
-def _dummy_inputs(generator: nn.Module, batch: int = 2):
-  g = generator
-  return (jnp.zeros((batch, g.z_dim), jnp.float32),
-          jnp.zeros((batch, g.text_dim), jnp.float32),
-          jnp.zeros((batch, g.max_tokens, g.text_dim), jnp.float32),
-          jnp.ones((batch, g.max_tokens), bool))
-
-
 def create_train_state(rng: jax.Array, generator: nn.Module,
                        discriminator: nn.Module,
                        g_tx: optax.GradientTransformation,
@@ -145,7 +138,7 @@ def create_train_state(rng: jax.Array, generator: nn.Module,
 
   def init(rng):
     g_rng, d_rng, step_rng = jax.random.split(rng, 3)
-    z, sentence, words, mask = _dummy_inputs(generator)
+    z, sentence, words, mask = generator_lib.dummy_inputs(generator)
     g_vars = generator.init(g_rng, z, sentence, words, mask, train=False)
     size = discriminator.image_size
     images = jnp.zeros((z.shape[0], size, size, 3), jnp.float32)
