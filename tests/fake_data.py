@@ -126,3 +126,95 @@ def write_ln(root: str, records: Dict[str, List[dict]], coco: bool = True,
     for name, lines in zip(jsonl, shards):
       write(os.path.join(root, name), '\n'.join(lines).encode() + b'\n')
 
+
+
+# Captions the fake CLIP vocabulary learns its merges from.
+CLIP_CORPUS = [
+    'a red circle in the top left', 'two blue squares and a green triangle',
+    'a man riding a horse on the beach', 'the cat is sitting on a laptop',
+    'a plate of food with broccoli and rice', "there's a dog's ball",
+    'people are walking down the street in the rain',
+]
+# A small CLIP, config.json fields as transformers writes them.
+TINY_CLIP_CONFIG = {
+    'projection_dim': 24,
+    'text_config': {'hidden_size': 32, 'intermediate_size': 64,
+                    'num_attention_heads': 4, 'num_hidden_layers': 2,
+                    'max_position_embeddings': 77},
+    'vision_config': {'hidden_size': 32, 'intermediate_size': 48,
+                      'num_attention_heads': 2, 'num_hidden_layers': 2,
+                      'image_size': 32, 'patch_size': 8},
+}
+
+
+def write_clip_vocab(directory: str, num_merges: int = 300) -> int:
+  """vocab.json and merges.txt in CLIP's layout, BPE learned on CLIP_CORPUS.
+
+  CLIP's vocabulary order: the 256 byte symbols, the same with '</w>', the
+  merged tokens in merge order, then <|startoftext|> and <|endoftext|>.
+
+  Returns:
+    The vocabulary size.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  vocab = alphabet + [a + '</w>' for a in alphabet]
+  byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  words = collections.Counter(
+      w for caption in CLIP_CORPUS for text in caption.lower().split()
+      for w, _ in byte_level.pre_tokenize_str(text))
+  words = {tuple(w[:-1]) + (w[-1] + '</w>',): n for w, n in words.items()}
+  merges = []
+  for _ in range(num_merges):
+    pairs = collections.Counter()
+    for word, count in words.items():
+      for pair in zip(word, word[1:]):
+        pairs[pair] += count
+    if not pairs:
+      break
+    best = min(pairs, key=lambda p: (-pairs[p], p))
+    merges.append(best)
+    vocab.append(best[0] + best[1])
+    merged = {}
+    for word, count in words.items():
+      out, i = [], 0
+      while i < len(word):
+        if word[i:i + 2] == best:
+          out.append(best[0] + best[1])
+          i += 2
+        else:
+          out.append(word[i])
+          i += 1
+      merged[tuple(out)] = count
+    words = merged
+  vocab += ['<|startoftext|>', '<|endoftext|>']
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'vocab.json'), 'w') as f:
+    json.dump({token: i for i, token in enumerate(vocab)}, f)
+  with open(os.path.join(directory, 'merges.txt'), 'w') as f:
+    f.write('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
+  return len(vocab)
+
+
+def write_random_clip(directory: str, seed: int = 0) -> str:
+  """A random TINY_CLIP_CONFIG CLIP in the Hugging Face directory layout
+  (config.json, model.safetensors, vocab.json, merges.txt), without torch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import clip  # pylint: disable=g-import-not-at-top
+  vocab_size = write_clip_vocab(directory)
+  raw = json.loads(json.dumps(TINY_CLIP_CONFIG))
+  raw['text_config']['vocab_size'] = vocab_size
+  raw['architectures'] = ['CLIPModel']
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(raw, f)
+  config = clip.read_config(os.path.join(directory, 'config.json'))
+  size = config.image_size
+  params = clip.ClipModel(config).init(
+      jax.random.PRNGKey(seed), np.zeros((1, size, size, 3), np.float32),
+      np.zeros((1, 2), np.int32), np.ones((1,), np.int32))['params']
+  safetensors_numpy.save_file(clip.to_hugging_face(params, config),
+                              os.path.join(directory, 'model.safetensors'))
+  return directory

@@ -8,14 +8,15 @@ with a 1008-way head and the FID-specific blocks (average pools that do not
 count padding; max instead of average pooling in the last block's pool
 branch). Images are quantised to uint8, bilinearly resized to 299x299 as
 `torch.nn.functional.interpolate(align_corners=False)` does (no antialias),
-and scaled to [-1, 1].
+and scaled to [-1, 1]; or, with resize='clean', resized as clean-fid does
+(see InceptionFeatures). clean-fid runs the same 2015 graph through another
+port (StyleGAN2-ADA's TorchScript); the resize is what moves FIDs.
 
 Weights: convert the .pth once with `python -m xmcgan_jax.eval.convert_inception`
 (needs torch); loading the .npz here needs no torch. BatchNorm (eps 1e-3,
 inference statistics) is folded into each convolution at load time.
 """
 
-import functools
 from typing import Dict, Tuple
 
 import flax
@@ -23,10 +24,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+
+from xmcgan_jax.eval import batched
 
 INPUT_SIZE = 299
 POOL_DIM = 2048
 NUM_CLASSES = 1008
+# How images reach the network's 299x299 (see InceptionFeatures).
+FID_RESIZE_MODES = ('pytorch_fid', 'clean')
 BN_EPS = 1e-3  # torchvision's BasicConv2d.
 # Full float32 matmuls: GPU and TPU default to lower precision, which moves
 # pool3 features by far more than the 1e-4 that comparable FIDs need.
@@ -266,29 +272,37 @@ def load_params(path: str) -> Dict:
 class InceptionFeatures:
   """Batched, jitted FID Inception features of uint8 images.
 
-  Batches are padded to a fixed size (one compilation) and split over the
-  local devices.
+  Args:
+    params: from `load_params`.
+    batch_size: images per device call (split over the local devices).
+    resize: how images reach 299x299 (one of FID_RESIZE_MODES):
+      'pytorch_fid': bilinear without antialias inside the network, inputs
+        scaled to [-1, 1] as (x / 255) * 2 - 1 (pytorch-fid, TTUR);
+      'clean': clean-fid's `clean` mode: PIL bicubic with antialias on the
+        host (`clean_resize`), not quantised, and clean-fid's scaling
+        (x - 128) / 128.
   """
 
-  def __init__(self, params, batch_size: int = 200):
-    devices = jax.local_devices()
-    self._batch = max(len(devices), batch_size // len(devices) * len(devices))
-    mesh = jax.sharding.Mesh(np.array(devices), ('data',))
-    self._sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec('data'))
-    self._params = jax.device_put(params, jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec()))
-    self._apply = jax.jit(functools.partial(self._forward, FIDInceptionV3()))
+  def __init__(self, params, batch_size: int = 200,
+               resize: str = 'pytorch_fid'):
+    if resize not in FID_RESIZE_MODES:
+      raise ValueError(f'Unknown FID resize {resize!r}; choose from '
+                       f'{FID_RESIZE_MODES}.')
+    self.resize = resize
+    model = FIDInceptionV3()
+
+    def forward(params, images):
+      # The network maps v to 2v - 1: v = x / 255 gives pytorch-fid's
+      # scaling; v = x / 256 gives clean-fid's (x - 128) / 128.
+      scale = 255.0 if resize == 'pytorch_fid' else 256.0
+      out = model.apply({'params': params}, images.astype(jnp.float32) / scale)
+      return out['pool'], jax.nn.softmax(out['logits_unbiased'], axis=-1)
+    self._apply = batched.BatchedApply(forward, params, batch_size)
 
   @classmethod
-  def from_npz(cls, path: str, batch_size: int = 200) -> 'InceptionFeatures':
-    return cls(load_params(path), batch_size)
-
-  @staticmethod
-  def _forward(model, params, images_uint8):
-    out = model.apply({'params': params},
-                      images_uint8.astype(jnp.float32) / 255.0)
-    return out['pool'], jax.nn.softmax(out['logits_unbiased'], axis=-1)
+  def from_npz(cls, path: str, batch_size: int = 200,
+               resize: str = 'pytorch_fid') -> 'InceptionFeatures':
+    return cls(load_params(path), batch_size, resize)
 
   def __call__(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(N, H, W, 3) uint8 -> (pool features (N, 2048), IS softmax (N, 1008))."""
@@ -296,16 +310,23 @@ class InceptionFeatures:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError('Inception features need (N, H, W, 3) uint8 images, '
                        f'got {images.dtype} {images.shape}.')
-    pools, probs = [], []
-    for start in range(0, len(images), self._batch):
-      chunk = images[start:start + self._batch]
-      n = len(chunk)
-      if n < self._batch:
-        chunk = np.concatenate([chunk, np.zeros(
-            (self._batch - n,) + chunk.shape[1:], np.uint8)])
-      pool, prob = self._apply(self._params,
-                               jax.device_put(chunk, self._sharding))
-      pools.append(np.asarray(pool)[:n])
-      probs.append(np.asarray(prob)[:n])
-    return np.concatenate(pools), np.concatenate(probs)
+    if self.resize == 'clean':
+      images = clean_resize(images)
+    return self._apply(images)
 
+
+def clean_resize(images: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+  """clean-fid's `clean` resize: uint8 (N, H, W, 3) -> float32 (N, S, S, 3).
+
+  Each channel goes to PIL as a float image and is resized with bicubic
+  filtering, which PIL antialiases when downsampling; values are clipped to
+  [0, 255] and not quantised (clean-fid's make_resizer('PIL', False,
+  'bicubic')).
+  """
+  out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
+  for i, image in enumerate(images):
+    for c in range(image.shape[-1]):
+      channel = Image.fromarray(image[..., c].astype(np.float32), mode='F')
+      out[i, ..., c] = np.asarray(channel.resize((size, size),
+                                                 Image.BICUBIC)).clip(0, 255)
+  return out

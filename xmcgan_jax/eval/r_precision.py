@@ -11,6 +11,8 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
+NUM_DISTRACTORS = 99  # The standard: the true caption among 100.
+
 
 class ImageTextEncoder(Protocol):
   """What R-precision needs from a joint image-text embedding model."""
@@ -23,7 +25,8 @@ class ImageTextEncoder(Protocol):
 
 
 def r_precision_of(encoder: ImageTextEncoder, images: np.ndarray,
-                   captions: Sequence[str], num_distractors: int = 99,
+                   captions: Sequence[str],
+                   num_distractors: int = NUM_DISTRACTORS,
                    seed: int = 0) -> float:
   """R-precision of generated images (image i from caption i) under an
   encoder; see `r_precision`."""
@@ -32,7 +35,7 @@ def r_precision_of(encoder: ImageTextEncoder, images: np.ndarray,
 
 
 def r_precision(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                num_distractors: int = 99, seed: int = 0,
+                num_distractors: int = NUM_DISTRACTORS, seed: int = 0,
                 distractors: Optional[np.ndarray] = None) -> float:
   """Top-1 retrieval accuracy of the true caption among distractors.
 
