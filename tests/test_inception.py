@@ -120,6 +120,33 @@ def test_pool_features_and_fid_match_pytorch_fid(torch_and_flax):
 
 
 @pytest.mark.slow  # Builds pytorch-fid's Inception and ours: minutes.
+def test_clean_mode_matches_clean_fid_pipeline(torch_and_flax):
+  """fid_resize='clean': clean-fid's own resize, then its (x - 128) / 128,
+  into the same network (pytorch-fid's, without its resize and scaling)."""
+  resize = pytest.importorskip('cleanfid.resize')
+  import torch  # pylint: disable=g-import-not-at-top
+  model, _, pth = torch_and_flax
+  ours = inception.InceptionFeatures.from_npz(
+      os.path.join(os.path.dirname(pth), 'fid_inception.npz'), batch_size=16,
+      resize='clean')
+  images = _images(2, 4, 64)
+  clean = resize.build_resizer('clean')
+  x = np.stack([clean(image) for image in images])
+  model.resize_input, model.normalize_input = False, False
+  try:
+    with torch.no_grad():
+      theirs = model(torch.from_numpy((x - 128) / 128).permute(0, 3, 1, 2)
+                     .float())[0].squeeze(3).squeeze(2).numpy()
+  finally:
+    model.resize_input, model.normalize_input = True, True
+  mine, _ = ours(images)
+  assert np.linalg.norm(mine - theirs) / np.linalg.norm(theirs) < 1e-4
+  # And it is not the bilinear pipeline's answer.
+  bilinear = _torch_pool(model, images)
+  assert np.linalg.norm(bilinear - theirs) / np.linalg.norm(theirs) > 1e-3
+
+
+@pytest.mark.slow  # Builds pytorch-fid's Inception and ours: minutes.
 def test_converter_rejects_wrong_digest_and_foreign_weights(torch_and_flax,
                                                             tmp_path):
   _, _, pth = torch_and_flax

@@ -318,7 +318,7 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
     assert np.isfinite(result[f'{name}/oracle_frechet_distance'])
   assert result['raw/fid'] != result['ema/fid']
   stats = glob.glob(str(tmp_path / 'stats' / 'shapes_validation_64px_16_fake'
-                        '*.npz'))
+                        '*_pytorch_fid.npz'))
   assert len(stats) == 1 and 'provenance' in np.load(stats[0]).files
   eval_dir = os.path.join(workdir, 'eval')
   assert glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*'))
@@ -333,6 +333,47 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
   # Any kept checkpoint on request.
   older = make().evaluate(2)
   assert older['step'] == 2 and older['raw/fid'] != result['raw/fid']
+
+
+def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
+  """config.clip_weights (a random CLIP in the Hugging Face layout) adds CLIP
+  score, its cosine form and CLIP R-precision for raw, EMA and real images;
+  no FID Inception needed; fid_resize names the statistics cache."""
+  import fake_data  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import clip  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
+  _, _, workdir = straight_and_resumed
+  workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
+  shapes_oracle.ShapesOracle.load_or_train(
+      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
+      train_examples=64, steps=5)
+  config = sample.load_config(workdir)
+  config.clip_weights = fake_data.write_random_clip(str(tmp_path / 'clip'))
+  # 120 captions: R-precision needs more than 99.
+  config.eval_num_samples = config.shapes_eval_size = 120
+  result = evaluate.run(workdir, config)[0]
+  for name in ('raw', 'ema', 'real'):
+    assert -1 <= result[f'{name}/clip_score_cosine'] <= 1
+    assert 0 <= result[f'{name}/clip_score'] <= 100
+    assert 0 <= result[f'{name}/clip_r_precision'] <= 1
+  assert result['raw/clip_score'] != result['ema/clip_score']
+  # The real ceiling by hand from the same model and captions.
+  model = clip.Clip(config.clip_weights)
+  real, _, captions = shapes_oracle.validation_set(120, config.image_size)
+  cos = clip.cosines(model.embed_images(real), model.embed_texts(captions))
+  assert result['real/clip_score_cosine'] == pytest.approx(cos.mean(), 1e-5)
+  assert result['real/clip_score'] == pytest.approx(
+      np.mean(100 * np.maximum(cos, 0)), 1e-4)
+  with open(os.path.join(workdir, 'eval', 'results.csv')) as f:
+    header = f.readline().strip().split(',')
+  assert {'raw/clip_score', 'ema/clip_r_precision',
+          'real/clip_score_cosine'} <= set(header)
+  # A bad CLIP directory fails at once, naming the file.
+  config.clip_weights = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='nowhere/config.json'):
+    evaluate.Evaluator(workdir, config)
 
 
 def _make_unwritable(path) -> bool:

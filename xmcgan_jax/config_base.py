@@ -17,6 +17,9 @@ from xmcgan_jax import errors
 DATASETS = ('shapes', 'coco', 'ln_coco', 'ln_openimages')
 IMAGE_SIZES = (64, 128, 256)
 IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
+# How FID's Inception sees images: pytorch-fid's bilinear resize inside the
+# network, or clean-fid's antialiased PIL bicubic (eval/inception.py).
+FID_RESIZE_MODES = ('pytorch_fid', 'clean')
 
 
 def _loss_weights() -> ml_collections.ConfigDict:
@@ -114,6 +117,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256  # Global batch of evaluation sampling.
   c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
   c.fid_stats_dir = ''  # Real-image FID statistics cache; '' = ~/.cache/xmcgan_jax.
+  # 'pytorch_fid' (bilinear, TTUR/pytorch-fid numbers) or 'clean' (clean-fid's
+  # antialiased bicubic, e.g. GigaGAN's FIDs).
+  c.fid_resize = 'pytorch_fid'
+  # Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32): adds
+  # CLIP score and CLIP R-precision; '' = off.
+  c.clip_weights = ''
   return c
 
 
@@ -154,6 +163,8 @@ def validate(config: ml_collections.ConfigDict,
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
   if config.dtype not in ('float32', 'bfloat16'):
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
+  if config.get('fid_resize', 'pytorch_fid') not in FID_RESIZE_MODES:
+    bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
   if config.contrastive_negatives not in ('global', 'local'):
     bad('contrastive_negatives', config.contrastive_negatives,
         "use 'global' or 'local'.")

@@ -7,9 +7,12 @@ waiting for new ones until the run's last step), raw G and EMA G (EMA with
 standing BatchNorm statistics) each generate `eval_num_samples` images from
 the eval split's captions with fixed noise, then:
   - with `inception_weights`: FID against the real eval images (statistics
-    cached per dataset, split, resolution and count, with their provenance)
-    and the Inception Score (10 splits), as pytorch-fid and improved-GAN
-    compute them;
+    cached per dataset, split, resolution, count and resize, with their
+    provenance) and the Inception Score (10 splits), as pytorch-fid (or,
+    with fid_resize='clean', clean-fid) and improved-GAN compute them;
+  - with `clip_weights`: CLIP score (torchmetrics' 100 * max(cos, 0) and the
+    raw mean cosine) and CLIP R-precision, also for the real images (the
+    ceiling);
   - on Shapes: the oracle's caption alignment, its Frechet distance, and
     R-precision with the oracle as image-text encoder.
 Results go to TensorBoard (WORKDIR/eval) and to WORKDIR/eval/results.jsonl
@@ -33,6 +36,7 @@ from clu import metric_writers
 from xmcgan_jax import config_base
 from xmcgan_jax.data import pipeline
 from xmcgan_jax import errors
+from xmcgan_jax.eval import clip as clip_lib
 from xmcgan_jax.eval import fid
 from xmcgan_jax.eval import inception
 from xmcgan_jax.eval import r_precision
@@ -45,6 +49,10 @@ from xmcgan_jax.training import checkpointing
 
 RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'
+_RESIZE_PROVENANCE = {
+    'pytorch_fid': 'bilinear to 299 (pytorch-fid)',
+    'clean': 'PIL bicubic with antialias to 299, float (clean-fid clean)',
+}
 
 
 class EvalSet(NamedTuple):
@@ -103,11 +111,13 @@ def real_statistics(config, features: Callable[[np.ndarray], Tuple[
   """Inception (mu, sigma) of the real eval images, cached with provenance.
 
   The cache file name holds everything the numbers depend on: dataset,
-  split, resolution, image count and the Inception weights' digest.
+  split, resolution, image count, the Inception weights' digest and the
+  resize (config.fid_resize).
   """
   split = pipeline.DATASETS[config.dataset].eval_split.replace('+', '_')
+  resize = config.fid_resize
   name = (f'{config.dataset}_{split}_{config.image_size}px_{count}_'
-          f'{weights_digest[:8]}.npz')
+          f'{weights_digest[:8]}_{resize}.npz')
   cache_dir = config.fid_stats_dir or os.path.join(
       os.path.expanduser('~'), '.cache', 'xmcgan_jax', 'fid_stats')
   path = os.path.join(cache_dir, name)
@@ -124,7 +134,7 @@ def real_statistics(config, features: Callable[[np.ndarray], Tuple[
       'dataset': config.dataset, 'split': split, 'image_size':
       config.image_size, 'images': len(pool), 'inception_sha256':
       weights_digest, 'resize': 'dataset pipeline to image_size, uint8, then '
-      'bilinear to 299 (pytorch-fid)', 'created':
+      + _RESIZE_PROVENANCE[resize], 'created':
       datetime.datetime.now(datetime.timezone.utc).isoformat()})
   tf.io.gfile.makedirs(cache_dir)
   buffer = io.BytesIO()
@@ -150,7 +160,8 @@ class Evaluator:
   Args:
     workdir: the training run's directory.
     config: its config (default WORKDIR/config.json); eval_* fields,
-      inception_weights and fid_stats_dir set the protocol.
+      inception_weights, fid_resize, fid_stats_dir and clip_weights set the
+      protocol.
     features: uint8 images -> (FID features, IS class probabilities);
       default: the FID Inception of config.inception_weights.
     features_digest: names `features` in the real-statistics cache (default:
@@ -171,6 +182,9 @@ class Evaluator:
     real_images, self.truth = examples.images, examples.truth
     self.oracle = None
     self.inception = None
+    # Loaded first: a bad CLIP directory fails before the slow parts.
+    self.clip = (clip_lib.Clip(c.clip_weights, c.eval_batch_size)
+                 if c.clip_weights else None)
     self._sampler = None  # Made by the first evaluate() call.
     if c.dataset == 'shapes':
       self.oracle = shapes_oracle.ShapesOracle.load_or_train(
@@ -183,18 +197,24 @@ class Evaluator:
           np.concatenate(list(real_images())))
       self.real_oracle_stats = fid.statistics(real_features)
     if features is None and c.inception_weights:
-      features = inception.InceptionFeatures.from_npz(c.inception_weights,
-                                                      c.eval_batch_size)
+      features = inception.InceptionFeatures.from_npz(
+          c.inception_weights, c.eval_batch_size, resize=c.fid_resize)
       features_digest = _weights_digest(c.inception_weights)
     if features is not None:
       self.inception = features
       self.real_stats = real_statistics(c, features, features_digest,
                                         len(self.captions), real_images())
-    elif self.oracle is None:
+    elif self.oracle is None and self.clip is None:
       raise errors.ConfigError(
-          'config.inception_weights is empty: FID/IS need the FID Inception '
-          'weights (see README, Evaluation); only Shapes runs can be '
-          'evaluated without them.')
+          'config.inception_weights and config.clip_weights are empty: FID/IS '
+          'need the FID Inception weights, CLIP metrics a CLIP directory (see '
+          'README, Evaluation); only Shapes runs can be evaluated without '
+          'either.')
+    if self.clip is not None:  # Fixed: caption embeddings and the ceiling.
+      self.clip_captions = self.clip.embed_texts(self.captions)
+      self.real_clip = clip_lib.clip_metrics(
+          np.concatenate([self.clip.embed_images(b) for b in real_images()]),
+          self.clip_captions, seed=config_base.data_seed(c))
 
   def evaluate(self, step: Optional[int] = None) -> Dict[str, float]:
     """Metrics of raw and EMA G at a checkpoint step (default: newest)."""
@@ -208,13 +228,15 @@ class Evaluator:
     out = {'step': sampler.step}
     ids, mask = self.tokens or sampler.tokenize(self.captions)
     for name, ema in (('raw', False), ('ema', True)):
-      labels, oracle_features, pools, probs = [], [], [], []
+      labels, oracle_features, pools, probs, clip_images = [], [], [], [], []
       for images in sampler.sample_token_batches(
           ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
         if self.oracle is not None:
           predicted, feats = self.oracle.predict(images)
           labels.append(predicted)
           oracle_features.append(feats)
+        if self.clip is not None:
+          clip_images.append(self.clip.embed_images(images))
         if self.inception is not None:
           pool, prob = self.inception(images)
           pools.append(pool)
@@ -234,6 +256,13 @@ class Evaluator:
             *self.real_stats, *fid.statistics(np.concatenate(pools)))
         out[f'{name}/inception_score'], out[f'{name}/inception_score_std'] = (
             fid.inception_score(np.concatenate(probs)))
+      if self.clip is not None:
+        for k, v in clip_lib.clip_metrics(
+            np.concatenate(clip_images), self.clip_captions,
+            seed=config_base.data_seed(c)).items():
+          out[f'{name}/{k}'] = v
+    if self.clip is not None:
+      out.update({f'real/{k}': v for k, v in self.real_clip.items()})
     if self.oracle is not None:  # The ceilings, from the real images.
       for k, v in shapes_oracle.alignment(self.real_oracle_labels,
                                           self.truth).items():

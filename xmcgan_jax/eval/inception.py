@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from xmcgan_jax import config_base
 from xmcgan_jax.eval import batched
 
 INPUT_SIZE = 299
 POOL_DIM = 2048
 NUM_CLASSES = 1008
 # How images reach the network's 299x299 (see InceptionFeatures).
-FID_RESIZE_MODES = ('pytorch_fid', 'clean')
+FID_RESIZE_MODES = config_base.FID_RESIZE_MODES
 BN_EPS = 1e-3  # torchvision's BasicConv2d.
 # Full float32 matmuls: GPU and TPU default to lower precision, which moves
 # pool3 features by far more than the 1e-4 that comparable FIDs need.
