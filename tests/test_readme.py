@@ -173,6 +173,8 @@ def test_eval_command(trained):
      "has no field 'batch_sise'; did you mean --config.batch_size"),
     (['--config.image_size=96'], 'config.image_size=96: no channel schedule'),
     (['--config.batch_size=eight'], '--config.batch_size=eight'),
+    (['--config.fid_resize=lanczos'],
+     "config.fid_resize='lanczos': choose from ('pytorch_fid', 'clean')"),
 ])
 def test_user_errors_are_one_line_with_status_2(newcomer, extra, message):
   home, env = newcomer
@@ -194,6 +196,9 @@ def test_user_errors_are_one_line_with_status_2(newcomer, extra, message):
     (['--config=configs/shapes.py', '--workdir=w',
       '--config.text_encoder=./no_such_encoder'],
      "Text encoder '" + '{home}/no_such_encoder'),
+    (['--config=configs/shapes.py', '--workdir=w',
+      '--config.clip_weights=no_clip_here'],
+     "config.clip_weights='{home}/no_clip_here': file not found"),
 ])
 def test_missing_files_are_one_line_with_status_2(newcomer, argv, message):
   home, env = newcomer

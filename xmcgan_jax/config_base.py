@@ -43,6 +43,20 @@ def _image_encoder() -> ml_collections.ConfigDict:
   return e
 
 
+def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
+  """The eval job's fields (top level, as runs saved before saw them)."""
+  c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
+  c.eval_batch_size = 256  # Global batch of evaluation sampling.
+  c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
+  c.fid_stats_dir = ''  # Real-image FID statistics cache; '' = ~/.cache/xmcgan_jax.
+  # 'pytorch_fid' (bilinear, TTUR/pytorch-fid numbers) or 'clean' (clean-fid's
+  # antialiased bicubic, e.g. GigaGAN's FIDs).
+  c.fid_resize = 'pytorch_fid'
+  # Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32): adds
+  # CLIP score and CLIP R-precision; '' = off.
+  c.clip_weights = ''
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Paper defaults (COCO-like); each config file overrides what differs."""
   c = ml_collections.ConfigDict()
@@ -112,17 +126,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 5_000  # Sample grids of fixed eval captions.
   c.num_sample_captions = 16  # Captions in the sample grid.
 
-  # Evaluation.
-  c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
-  c.eval_batch_size = 256  # Global batch of evaluation sampling.
-  c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
-  c.fid_stats_dir = ''  # Real-image FID statistics cache; '' = ~/.cache/xmcgan_jax.
-  # 'pytorch_fid' (bilinear, TTUR/pytorch-fid numbers) or 'clean' (clean-fid's
-  # antialiased bicubic, e.g. GigaGAN's FIDs).
-  c.fid_resize = 'pytorch_fid'
-  # Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32): adds
-  # CLIP score and CLIP R-precision; '' = off.
-  c.clip_weights = ''
+  _add_evaluation_fields(c)
   return c
 
 
