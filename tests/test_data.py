@@ -229,7 +229,7 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
                                    images())
   np.testing.assert_allclose(mu, np.concatenate(batches).reshape(
       4, -1, 3).mean(axis=(0, 1)), rtol=1e-6)
-  cached = list((tmp_path / 'stats').glob('coco_val_test_restval_64px_4_fake.npz'))
+  cached = list((tmp_path / 'stats').glob('coco_val_test_restval_64px_4_fake_pytorch_fid.npz'))
   assert len(cached) == 1
   again, _ = evaluate.real_statistics(config, None, 'fake', len(texts), iter([]))
   np.testing.assert_array_equal(again, mu)
