@@ -14,14 +14,16 @@ Every run fixes `data_seed`: seeds change the initialisation and the noise,
 never the data order. All runs are scored by one Shapes oracle (trained by
 the first evaluation and copied to the others), so the metrics compare.
 
-Writes WORKDIR/runs.csv (one row per run), WORKDIR/summary.csv and
-WORKDIR/summary.md (mean and sample std over seeds per variant), and
+Writes WORKDIR/runs.csv (one row per finished run in WORKDIR, from this call
+or an earlier one), WORKDIR/summary.csv and WORKDIR/summary.md (mean and
+sample std over seeds per variant), and
 WORKDIR/grids/<variant>.png (seed 0's raw G on the same captions and noise).
 """
 
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
 import statistics
@@ -100,7 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--data_seed', type=int, default=0,
                  help='the data order shared by all runs')
   p.add_argument('--table_only', action='store_true',
-                 help='write the tables from finished runs; train nothing')
+                 help='write the tables from the finished runs; train nothing')
   args = p.parse_args(argv)
   unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
   if unknown:
@@ -177,7 +179,7 @@ def median_steps_per_second(run_dir: str) -> float:
 
 def run_one(args: argparse.Namespace, name: str, seed: int,
             overrides: Dict[str, object], final_step: int,
-            grid: int) -> Dict[str, object]:
+            grid: int) -> None:
   """Trains, evaluates and samples one run unless it is done already."""
   run_dir = os.path.join(args.workdir, name, f'seed{seed}')
   os.makedirs(run_dir, exist_ok=True)
@@ -209,24 +211,45 @@ def run_one(args: argparse.Namespace, name: str, seed: int,
     _run(_main_command('--mode=sample', f'--workdir={run_dir}',
                        '--captions=' + '|'.join(GRID_CAPTIONS), '--seed=0',
                        f'--output={png}'), log_path)
-  row = {'variant': name, 'seed': seed, 'step': result['step']}
-  row.update({k: result.get(k, float('nan')) for k, _, _ in METRICS
-              if k != 'steps_per_second'})
-  row['steps_per_second'] = median_steps_per_second(run_dir)
-  return row
 
 
-def summarize(rows: List[Dict[str, object]], names: Sequence[str]
-              ) -> List[Dict[str, object]]:
+def finished_rows(workdir: str, final_step: int) -> List[Dict[str, object]]:
+  """One row per run in workdir evaluated at final_step, in table order.
+
+  The tables cover every finished run, not only this call's, so a later call
+  with `--variants=no_word` adds its rows to the study instead of replacing it.
+  """
+  rows = []
+  for name in VARIANTS:
+    variant_dir = os.path.join(workdir, name)
+    entries = os.listdir(variant_dir) if os.path.isdir(variant_dir) else []
+    seeds = [e[len('seed'):] for e in entries if e.startswith('seed')]
+    for seed in sorted(int(s) for s in seeds if s.isdigit()):
+      run_dir = os.path.join(variant_dir, f'seed{seed}')
+      result = final_result(run_dir, final_step)
+      if result is None:
+        continue  # Unfinished, or trained for another number of steps.
+      row = {'variant': name, 'seed': seed, 'step': result['step']}
+      row.update({k: result.get(k, float('nan')) for k, _, _ in METRICS
+                  if k != 'steps_per_second'})
+      row['steps_per_second'] = median_steps_per_second(run_dir)
+      rows.append(row)
+  return rows
+
+
+def summarize(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
   """Mean and sample std (0 for one seed) over seeds, per variant."""
   out = []
-  for name in names:
+  for name in VARIANTS:
     mine = [r for r in rows if r['variant'] == name]
     if not mine:
       continue
     entry = {'variant': name, 'seeds': len(mine)}
     for key, _, scale in METRICS:
       values = [float(r[key]) * scale for r in mine]
+      if any(math.isnan(v) for v in values):  # A run lacks it (stdev raises).
+        entry[f'{key}_mean'] = entry[f'{key}_std'] = float('nan')
+        continue
       entry[f'{key}_mean'] = statistics.fmean(values)
       entry[f'{key}_std'] = statistics.stdev(values) if len(values) > 1 else 0.0
     out.append(entry)
@@ -256,10 +279,18 @@ def _write_csv(path: str, rows: List[Dict[str, object]]) -> None:
     writer.writerows(rows)
 
 
-def write_tables(workdir: str, rows: List[Dict[str, object]],
-                 names: Sequence[str]) -> str:
-  """Writes runs.csv, summary.csv and summary.md; returns the markdown."""
-  summary = summarize(rows, names)
+def write_tables(workdir: str, final_step: int) -> str:
+  """Writes runs.csv, summary.csv and summary.md of every finished run.
+
+  Args:
+    workdir: the study's directory (WORKDIR/<variant>/seed<k> per run).
+    final_step: the step whose evaluation a run's row reports.
+
+  Returns:
+    The summary as markdown.
+  """
+  rows = finished_rows(workdir, final_step)
+  summary = summarize(rows)
   _write_csv(os.path.join(workdir, 'runs.csv'), rows)
   _write_csv(os.path.join(workdir, 'summary.csv'), summary)
   table = markdown(summary)
@@ -280,17 +311,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if config.dataset != 'shapes':
     sys.exit(f'{args.config}: the ablation scores runs with the Shapes '
              f'oracle; dataset is {config.dataset!r}.')
-  rows = []
-  for name, seed, overrides in runs:
-    run_dir = os.path.join(args.workdir, name, f'seed{seed}')
-    if args.table_only:
-      result = final_result(run_dir, final_step)
-      if result is not None:
-        rows.append(run_one(args, name, seed, overrides, final_step, grid))
-      continue
-    rows.append(run_one(args, name, seed, overrides, final_step, grid))
-    write_tables(args.workdir, rows, args.variants.split(','))
-  print(write_tables(args.workdir, rows, args.variants.split(',')))
+  for name, seed, overrides in [] if args.table_only else runs:
+    run_one(args, name, seed, overrides, final_step, grid)
+    write_tables(args.workdir, final_step)  # A stopped study keeps its table.
+  print(write_tables(args.workdir, final_step))
 
 
 if __name__ == '__main__':

@@ -105,6 +105,34 @@ def test_ablation_help_documents_the_study():
     assert text in result.stdout, text
 
 
+def test_ablation_tables_every_finished_run_of_the_study(tmp_path,
+                                                          monkeypatch):
+  """A call for one variant tables the runs earlier calls finished too, in
+  table order, and leaves out unfinished runs and other step counts."""
+  def finish(variant, seed, step, colour):
+    run_dir = tmp_path / variant / f'seed{seed}' / 'eval'
+    run_dir.mkdir(parents=True)
+    row = {'step': step, 'raw/oracle_colour_accuracy': colour}
+    (run_dir / 'results.jsonl').write_text(json.dumps(row) + '\n')
+  finish('no_word', 0, 2, 0.5)
+  finish('full', 1, 2, 0.9)
+  finish('full', 0, 2, 0.7)
+  finish('hinge_only', 0, 5, 0.1)  # Another study length: not this table.
+  (tmp_path / 'full' / 'seed2').mkdir()  # Started, never evaluated.
+  monkeypatch.chdir(ROOT)
+  ablation.main(['--config=configs/tiny.py', f'--workdir={tmp_path}',
+                 '--variants=no_word', '--table_only',
+                 '--set', 'num_train_steps=2'])
+  with open(tmp_path / 'runs.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['variant'], r['seed'], r['raw/oracle_colour_accuracy'])
+          for r in rows] == [('full', '0', '0.7'), ('full', '1', '0.9'),
+                             ('no_word', '0', '0.5')]
+  table = (tmp_path / 'summary.md').read_text()
+  assert '| full | 2 | 80.00 ± 14.14 |' in table
+  assert '| no_word | 1 | 50.00 |' in table and 'hinge_only' not in table
+
+
 @pytest.mark.slow
 def test_ablation_two_variants_end_to_end(tmp_path):
   """Two variants, one seed, two steps of the tiny config: trained, scored by
@@ -136,6 +164,10 @@ def test_ablation_two_variants_end_to_end(tmp_path):
   with open(workdir / 'hinge_only' / 'seed0' / 'config.json') as f:
     config = json.load(f)
   assert config['loss_weights']['sentence'] == 0.0 and config['seed'] == 0
-  second = _run(command, env, 300)
+  # A call for one variant trains nothing and keeps the other in the tables.
+  second = _run([c.replace('full,hinge_only', 'hinge_only') for c in command],
+                env, 300)
   assert 'training' not in second.stdout  # Finished runs are skipped.
+  with open(workdir / 'runs.csv') as f:
+    assert [r['variant'] for r in csv.DictReader(f)] == ['full', 'hinge_only']
   assert ablation.VARIANTS['full'][0] == {}
