@@ -215,6 +215,7 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   config.eval_batch_size = 3
   config.fid_stats_dir = str(tmp_path / 'stats')
+  config.fid_resize = 'pytorch_fid'
   texts, (ids, mask), images, truth = evaluate.eval_set(config, 10,
                                                         tokenizer)
   assert truth is None and {t.encode() for t in texts} == want

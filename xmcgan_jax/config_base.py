@@ -167,7 +167,7 @@ def validate(config: ml_collections.ConfigDict,
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
   if config.dtype not in ('float32', 'bfloat16'):
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
-  if config.get('fid_resize', 'pytorch_fid') not in FID_RESIZE_MODES:
+  if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
   if config.contrastive_negatives not in ('global', 'local'):
     bad('contrastive_negatives', config.contrastive_negatives,

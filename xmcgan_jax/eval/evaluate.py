@@ -115,7 +115,7 @@ def real_statistics(config, features: Callable[[np.ndarray], Tuple[
   resize (config.fid_resize).
   """
   split = pipeline.DATASETS[config.dataset].eval_split.replace('+', '_')
-  resize = config.get('fid_resize', 'pytorch_fid')  # Absent: older configs.
+  resize = config.fid_resize
   name = (f'{config.dataset}_{split}_{config.image_size}px_{count}_'
           f'{weights_digest[:8]}_{resize}.npz')
   cache_dir = config.fid_stats_dir or os.path.join(
@@ -184,7 +184,7 @@ class Evaluator:
     self.inception = None
     # Loaded first: a bad CLIP directory fails before the slow parts.
     self.clip = (clip_lib.Clip(c.clip_weights, c.eval_batch_size)
-                 if c.get('clip_weights') else None)
+                 if c.clip_weights else None)
     self._sampler = None  # Made by the first evaluate() call.
     if c.dataset == 'shapes':
       self.oracle = shapes_oracle.ShapesOracle.load_or_train(
@@ -198,8 +198,7 @@ class Evaluator:
       self.real_oracle_stats = fid.statistics(real_features)
     if features is None and c.inception_weights:
       features = inception.InceptionFeatures.from_npz(
-          c.inception_weights, c.eval_batch_size,
-          resize=c.get('fid_resize', 'pytorch_fid'))
+          c.inception_weights, c.eval_batch_size, resize=c.fid_resize)
       features_digest = _weights_digest(c.inception_weights)
     if features is not None:
       self.inception = features
