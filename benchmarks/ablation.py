@@ -99,11 +99,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='a config override for every run (e.g. '
                  'num_train_steps=2000); repeatable')
+  p.add_argument('--variant', action='append', default=[],
+                 metavar='NAME:FIELD=VALUE[,FIELD=VALUE]',
+                 help='defines a further variant (one seed unless --seeds), '
+                 'e.g. d16:d_width=16; name it in --variants too; repeatable')
   p.add_argument('--data_seed', type=int, default=0,
                  help='the data order shared by all runs')
   p.add_argument('--table_only', action='store_true',
                  help='write the tables from the finished runs; train nothing')
   args = p.parse_args(argv)
+  for item in args.variant:
+    name, _, fields = item.partition(':')
+    if not name or '=' not in fields:
+      p.error(f'--variant {item!r}: use NAME:FIELD=VALUE[,FIELD=VALUE]')
+    VARIANTS[name] = ({k: _value(v) for k, v in (
+        f.split('=', 1) for f in fields.split(','))}, 1)
   unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
   if unknown:
     p.error(f'unknown variants {unknown}; choose from {list(VARIANTS)}')

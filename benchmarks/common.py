@@ -19,6 +19,21 @@ def load_config(path: str):
   return module.get_config()
 
 
+def set_field(config, field: str, value: str) -> None:
+  """Sets a dotted config field from a string, typed as the field's value."""
+  *parents, name = field.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  old = node[name]
+  if isinstance(old, bool):
+    node[name] = value.lower() in ('1', 'true', 'yes')
+  elif isinstance(old, (int, float)):
+    node[name] = type(old)(float(value)) if isinstance(old, int) else float(value)
+  else:
+    node[name] = value
+
+
 def synthetic_text_batch(rng: np.random.Generator, shape: Sequence[int],
                          max_tokens: int, text_dim: int) -> Dict[str, np.ndarray]:
   """Random text features for a (d_steps, batch) batch, real-looking masks."""
