@@ -33,7 +33,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 # Overrides of every contrastive weight (image_pretrained is 0 on Shapes).
-_HINGE_ONLY = {'loss_weights.sentence': 0.0, 'loss_weights.word': 0.0,
+_HINGE_ONLY = {'loss_weights.sentence': 0.0, 'loss_weights.word_region': 0.0,
                'loss_weights.image_d': 0.0,
                'loss_weights.image_pretrained': 0.0}
 _PAPER_ARCH = {'mirror_pairs': False, 'g_stem_text': False}
@@ -44,7 +44,7 @@ VARIANTS: Dict[str, Tuple[Dict[str, object], int]] = {
     'full': ({}, 3),
     'hinge_only': (_HINGE_ONLY, 3),
     'no_sentence': ({'loss_weights.sentence': 0.0}, 1),
-    'no_word': ({'loss_weights.word': 0.0}, 1),
+    'no_word_region': ({'loss_weights.word_region': 0.0}, 1),
     'no_image': ({'loss_weights.image_d': 0.0}, 1),
     'paper_arch_full': (_PAPER_ARCH, 1),
     'paper_arch_hinge_only': ({**_PAPER_ARCH, **_HINGE_ONLY}, 1),
@@ -227,7 +227,8 @@ def finished_rows(workdir: str, final_step: int) -> List[Dict[str, object]]:
   """One row per run in workdir evaluated at final_step, in table order.
 
   The tables cover every finished run, not only this call's, so a later call
-  with `--variants=no_word` adds its rows to the study instead of replacing it.
+  with `--variants=no_word_region` adds its rows to the study instead of
+  replacing it.
   """
   rows = []
   for name in VARIANTS:

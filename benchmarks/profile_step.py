@@ -27,7 +27,10 @@ import numpy as np
 
 from benchmarks import common
 from xmcgan_jax import losses
+from xmcgan_jax import models
 from xmcgan_jax import parallel
+from xmcgan_jax.data import pipeline
+from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train as train_lib
 from xmcgan_jax.training import train_step as train_step_lib
@@ -49,8 +52,8 @@ def _grad_of(fn: Callable[..., jax.Array], argnums=0):
   return jax.jit(jax.value_and_grad(fn, argnums=argnums))
 
 
-def _parts(config, text, generator, discriminator, batch, frozen,
-           state) -> Dict[str, Callable[[], object]]:
+def _parts(config, text, generator, discriminator, batch, state
+           ) -> Dict[str, Callable[[], object]]:
   """name -> a no-argument call of one compiled part."""
   b = config.batch_size
   sub = {k: v[-1] for k, v in batch.items()}
@@ -58,7 +61,6 @@ def _parts(config, text, generator, discriminator, batch, frozen,
   words, sentence = encode(text.params, sub['token_ids'], sub['token_mask'])
   mask = sub['token_mask'].astype(bool)
   z = jax.random.normal(jax.random.PRNGKey(1), (b, config.z_dim))
-  g_vars = {'params': state.g_params, 'batch_stats': state.g_state}
   d_vars = {'params': state.d_params, 'spectral_norm_stats': state.d_state}
 
   def g_forward(g_params):
@@ -83,8 +85,9 @@ def _parts(config, text, generator, discriminator, batch, frozen,
   d_eval = jax.jit(lambda v: discriminator.apply(v, images, sentences,
                                                  train=False))
   step_config = builders.build_step_config(config)
-  gammas = step_config.word_gammas
-  regions, pooled, projection = out.regions[:b], out.pooled[:b], out.projection[:b]
+  gammas = step_config.loss.word_gammas
+  regions, pooled, projection = (out.regions[:b], out.pooled[:b],
+                                 out.projection[:b])
   nce = lambda a, c: losses.contrastive_loss(a, c, temperature=0.1)
   word = lambda r, w: losses.word_region_loss(r, w, mask, gamma1=gammas[0],
                                               gamma2=gammas[1],
@@ -105,7 +108,7 @@ def _parts(config, text, generator, discriminator, batch, frozen,
       'G forward + backward': lambda: g_fb(state.g_params),
       'D forward on [real; fake] (train, SN update)':
           lambda: d_forward_jit(state.d_params),
-      'D forward, no SN power iteration (eval)': lambda: d_eval(d_vars),
+      'D forward (eval: u refined, not stored)': lambda: d_eval(d_vars),
       'D forward + backward': lambda: d_fb(state.d_params),
       'sentence NCE forward + backward': lambda: sentence_grad(pooled),
       'image NCE (D features) forward + backward': lambda: sentence_grad(
@@ -116,7 +119,7 @@ def _parts(config, text, generator, discriminator, batch, frozen,
       'Adam, D': lambda: d_adam(state.d_params, state.d_opt_state,
                                 state.d_params),
       'EMA of G': lambda: ema(state.ema_g_params, state.g_params),
-  }, g_vars
+  }
 
 
 def main(argv=None) -> None:
@@ -137,7 +140,7 @@ def main(argv=None) -> None:
     common.set_field(config, field, value)
   text = train_lib.load_text_encoder(config)
   mesh = parallel.make_mesh()
-  generator, discriminator = builders.build_models(config, text.width)
+  generator, discriminator = models.build_models(config, text.width)
   g_tx, d_tx = builders.build_optimizers(config)
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx, mesh)
@@ -149,8 +152,6 @@ def main(argv=None) -> None:
       generator, discriminator, g_tx, d_tx, mesh, step_config)
 
   # A real batch of the config's input pipeline (data prepared on demand).
-  from xmcgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from xmcgan_jax.text import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
   data = pipeline.create_input_pipeline(config, tokenizer, 0, 1)
   batches = pipeline.as_numpy(data.train_dataset(
@@ -186,8 +187,8 @@ def main(argv=None) -> None:
                run(feature_step, feature_batch)}
   if not args.whole_step_only:
     # A copy: the steps above donate (delete) the state they are given.
-    parts, _ = _parts(config, text, generator, discriminator, batch, frozen,
-                      jax.tree.map(jnp.copy, holder['state']))
+    parts = _parts(config, text, generator, discriminator, batch,
+                   jax.tree.map(jnp.copy, holder['state']))
     timed.update(parts)
 
   def host_work():
@@ -209,7 +210,8 @@ def main(argv=None) -> None:
   ms = 1e3 * (time.perf_counter() - start) / args.pipeline_batches
   rows.append(['input pipeline: next batch (mean, prefetching)', f'{ms:.1f}',
                f'{100 * ms / step_ms:.0f}%'])
-  print(f'config {args.config} {" ".join(args.set)}: batch {config.batch_size} x '
+  print(f'config {args.config} {" ".join(args.set)}: batch '
+        f'{config.batch_size} x '
         f'{config.d_steps_per_g_step} sub-batches, {config.image_size}px, '
         f'gf {config.g_width} df {config.d_width}, text encoder '
         f'{config.text_encoder}, {jax.device_count()} {jax.default_backend()} '

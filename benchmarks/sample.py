@@ -17,8 +17,8 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import train_step as train_step_bench
+from xmcgan_jax import models
 from xmcgan_jax.sampling import generate
-from xmcgan_jax.training import builders
 
 
 def run(name: str, args) -> list:
@@ -27,7 +27,7 @@ def run(name: str, args) -> list:
     config.image_size = args.image_size
   if args.dtype:
     config.dtype = args.dtype
-  generator, _ = builders.build_models(config, args.text_dim)
+  generator, _ = models.build_models(config, args.text_dim)
   rng = np.random.default_rng(0)
   batch = common.synthetic_text_batch(rng, (args.batch,), config.max_tokens,
                                       args.text_dim)

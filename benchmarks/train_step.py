@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from benchmarks import common
+from xmcgan_jax import models
 from xmcgan_jax import parallel
 from xmcgan_jax.text import encoder as text_encoder_lib
 from xmcgan_jax.training import builders
@@ -48,7 +49,7 @@ def _bert(config, text_dim: int):
 
 def _make_step(config, text_dim: int, mesh, with_bert: bool):
   """The real train step of a config and what it was built from."""
-  generator, discriminator = builders.build_models(config, text_dim)
+  generator, discriminator = models.build_models(config, text_dim)
   g_tx, d_tx = builders.build_optimizers(config)
   encoder = _bert(config, text_dim) if with_bert else None
   step = train_step_lib.make_train_step(

@@ -218,3 +218,29 @@ def write_random_clip(directory: str, seed: int = 0) -> str:
   safetensors_numpy.save_file(clip.to_hugging_face(params, config),
                               os.path.join(directory, 'model.safetensors'))
   return directory
+
+
+def base_config(**overrides):
+  """config_base's defaults with dotted-field overrides
+  ('loss_weights.word_region': 0.0, d_steps_per_g_step=1, ...)."""
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.get_base_config()
+  for field, value in overrides.items():
+    *parents, name = field.split('.')
+    holder = config
+    for parent in parents:
+      holder = holder[parent]
+    holder[name] = value
+  return config
+
+
+def step_config(**overrides):
+  """The train step's StepConfig of the base config with overrides."""
+  from xmcgan_jax.training import builders  # pylint: disable=g-import-not-at-top
+  return builders.build_step_config(base_config(**overrides))
+
+
+def optimizers(**overrides):
+  """The G and D optimizers of the base config with overrides."""
+  from xmcgan_jax.training import builders  # pylint: disable=g-import-not-at-top
+  return builders.build_optimizers(base_config(**overrides))

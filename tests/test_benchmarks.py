@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(tmp_path, **extra):
-  env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=ROOT, **extra)
+  # PYTHON: gpu.sh runs this interpreter, not whatever python3 PATH finds
+  # (from an unactivated venv that one has no JAX).
+  env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=ROOT,
+             PYTHON=sys.executable, **extra)
   env.pop('TFDS_DATA_DIR', None)
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
   env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
@@ -114,23 +117,23 @@ def test_ablation_tables_every_finished_run_of_the_study(tmp_path,
     run_dir.mkdir(parents=True)
     row = {'step': step, 'raw/oracle_colour_accuracy': colour}
     (run_dir / 'results.jsonl').write_text(json.dumps(row) + '\n')
-  finish('no_word', 0, 2, 0.5)
+  finish('no_word_region', 0, 2, 0.5)
   finish('full', 1, 2, 0.9)
   finish('full', 0, 2, 0.7)
   finish('hinge_only', 0, 5, 0.1)  # Another study length: not this table.
   (tmp_path / 'full' / 'seed2').mkdir()  # Started, never evaluated.
   monkeypatch.chdir(ROOT)
   ablation.main(['--config=configs/tiny.py', f'--workdir={tmp_path}',
-                 '--variants=no_word', '--table_only',
+                 '--variants=no_word_region', '--table_only',
                  '--set', 'num_train_steps=2'])
   with open(tmp_path / 'runs.csv') as f:
     rows = list(csv.DictReader(f))
   assert [(r['variant'], r['seed'], r['raw/oracle_colour_accuracy'])
           for r in rows] == [('full', '0', '0.7'), ('full', '1', '0.9'),
-                             ('no_word', '0', '0.5')]
+                             ('no_word_region', '0', '0.5')]
   table = (tmp_path / 'summary.md').read_text()
   assert '| full | 2 | 80.00 ± 14.14 |' in table
-  assert '| no_word | 1 | 50.00 |' in table and 'hinge_only' not in table
+  assert '| no_word_region | 1 | 50.00 |' in table and 'hinge_only' not in table
 
 
 @pytest.mark.slow
@@ -171,3 +174,20 @@ def test_ablation_two_variants_end_to_end(tmp_path):
   with open(workdir / 'runs.csv') as f:
     assert [r['variant'] for r in csv.DictReader(f)] == ['full', 'hinge_only']
   assert ablation.VARIANTS['full'][0] == {}
+
+
+@pytest.mark.slow
+def test_profile_step_times_every_part(tmp_path):
+  """`python -m benchmarks.profile_step` on the tiny config: one row per
+  part of the step, each a number."""
+  result = _run([sys.executable, '-m', 'benchmarks.profile_step',
+                 '--config=configs/tiny.py', '--steps=1', '--warmup=1',
+                 '--pipeline_batches=2'], _env(tmp_path), 600)
+  rows = [line for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| part')]
+  for part in ('whole step (token ids in', 'whole step, text features',
+               'text encoder', 'G forward + backward', 'D forward + backward',
+               'sentence NCE', 'word-region NCE', 'Adam, G', 'Adam, D',
+               'EMA of G', 'host:', 'input pipeline'):
+    (row,) = [r for r in rows if r.startswith('| ' + part)]
+    assert float(row.split('|')[2]) > 0, row

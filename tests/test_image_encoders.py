@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fake_data
 from xmcgan_jax import losses
 from xmcgan_jax.models.convert_torchvision import convert_resnet50
 from xmcgan_jax.models.convert_torchvision import convert_vgg19
@@ -157,10 +158,10 @@ def test_train_step_with_resnet50_on_eight_devices(keras_resnet50):
   g = Generator(image_size=64, base_width=4, z_dim=8, text_dim=16,
                 max_tokens=6)
   d = Discriminator(image_size=64, base_width=4, text_dim=16)
-  g_tx, d_tx = ts.make_optimizers()
+  g_tx, d_tx = fake_data.optimizers()
   mesh = parallel.make_mesh()
   step = ts.make_train_step(g, d, g_tx, d_tx, mesh,
-                            ts.StepConfig(d_steps_per_g_step=1),
+                            fake_data.step_config(d_steps_per_g_step=1),
                             image_encoder=encoder.features_fn())
   state = ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx, mesh)
   rng = np.random.default_rng(0)

@@ -53,3 +53,48 @@ def test_readme_code_map_matches_the_tree():
     for name in re.findall(r'`(\w+\.py)`', row):
       assert os.path.exists(os.path.join(PACKAGE, folder, name)), (folder,
                                                                   name)
+
+
+# Imports flow one way: main -> training / sampling / eval -> models / text /
+# data -> the top-level building blocks. Each folder may import nothing from
+# the folders listed against it.
+_FORBIDDEN = {
+    'sampling': ('training', 'eval'),
+    'eval': ('training',),
+    'models': ('training', 'sampling', 'eval', 'data'),
+    'text': ('training', 'sampling', 'eval', 'models', 'data'),
+    'data': ('training', 'sampling', 'eval', 'models'),
+}
+
+
+def _imported_modules(path):
+  with open(path, encoding='utf-8') as f:
+    tree = ast.parse(f.read())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      yield node.module
+      for alias in node.names:
+        yield f'{node.module}.{alias.name}'
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        yield alias.name
+
+
+def test_imports_flow_one_way():
+  upward = []
+  for folder, banned in _FORBIDDEN.items():
+    for path in glob.glob(os.path.join(PACKAGE, folder, '*.py')):
+      for module in _imported_modules(path):
+        for other in banned:
+          if module.startswith(f'xmcgan_jax.{other}'):
+            upward.append(f'{os.path.relpath(path, ROOT)} imports {module}')
+  assert not upward, upward
+  # The top-level building blocks import no folder except where named.
+  for name in ('losses', 'objectives', 'parallel', 'errors', 'config_base',
+               'run_dir'):
+    path = os.path.join(PACKAGE, name + '.py')
+    if not os.path.exists(path):
+      continue
+    for module in _imported_modules(path):
+      assert not re.match(r'xmcgan_jax\.(training|sampling|eval|data|models)',
+                          module), (name, module)

@@ -151,6 +151,48 @@ def test_spectral_norm_power_iteration_and_eval_freeze():
   assert np.isfinite(np.asarray(y_sn)).all()
 
 
+def _release_sn_kernel(kernel: np.ndarray, u: np.ndarray) -> np.ndarray:
+  """The 2021 release's spectral norm, by hand: one power iteration from the
+  stored u (v = u W^T, u' = v W, both l2-normalised), sigma = v W u'^T."""
+  w = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
+  v = u @ w.T
+  v /= np.linalg.norm(v)
+  u_new = v @ w
+  u_new /= np.linalg.norm(u_new)
+  return kernel / (v @ w @ u_new.T)[0, 0]
+
+
+def test_discriminator_eval_refines_u_once_and_stores_nothing():
+  """D(train=False) is the release's eval function: every spectral norm
+  refines its stored u by one power iteration and does not store it."""
+  d = Discriminator(image_size=64, base_width=2, text_dim=E)
+  rng = np.random.default_rng(3)
+  images = rng.random((2, 64, 64, 3), dtype=np.float32)
+  sentence = rng.normal(size=(2, E)).astype(np.float32)
+  d_vars = d.init(jax.random.key(4), images, sentence, train=False)
+  eval_out, after = d.apply(d_vars, images, sentence, train=False,
+                            mutable=['spectral_norm_stats'])
+  jax.tree.map(np.testing.assert_array_equal,
+               after['spectral_norm_stats'], d_vars['spectral_norm_stats'])
+  # The logit layer by hand (the release's normalisation of its kernel),
+  # then the whole output against a train-mode pass, which refines the same
+  # stored u once (D has no other train/eval difference).
+  layer = d_vars['params']['logit']['kernel']
+  u = np.asarray(d_vars['spectral_norm_stats']['logit']['u'])
+  pooled = np.asarray(eval_out.pooled, np.float64)
+  projection = np.asarray(eval_out.projection, np.float64)
+  want = (pooled @ _release_sn_kernel(np.asarray(layer), u))[:, 0]
+  want += np.asarray(d_vars['params']['logit']['bias'])[0]
+  want += np.sum(pooled * projection, axis=-1)
+  np.testing.assert_allclose(np.asarray(eval_out.logits), want, rtol=1e-5,
+                             atol=1e-5)
+  train_out, _ = d.apply(d_vars, images, sentence, train=True,
+                         mutable=['spectral_norm_stats'])
+  for got, ref in zip(eval_out, train_out):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6,
+                               atol=1e-6)
+
+
 def test_batchnorm_groups_on_8_devices():
   """Group statistics over pairs of devices equal numpy per-group stats."""
   mesh = parallel.make_mesh()

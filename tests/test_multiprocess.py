@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import common
 from xmcgan_jax import errors
-from xmcgan_jax.training import checkpointing
+from xmcgan_jax import run_dir
 from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def test_two_processes_train_resume_and_sample(tmp_path):
                                'first')
   assert codes == [0, 0], '\n\n'.join(t[-3000:] for t in logs)
   assert 'process 0 of 2, 4 local / 8 global devices' in logs[0]
-  checkpoints = checkpointing.Checkpointer(str(workdir / 'checkpoints'))
+  checkpoints = run_dir.Checkpointer(str(workdir / 'checkpoints'))
   assert checkpoints.all_steps() == [2]
   assert os.path.isdir(tmp_path / 'tfds' / 'shapes')
 
@@ -98,7 +98,7 @@ def test_two_processes_train_resume_and_sample(tmp_path):
   config.num_train_steps = 6
   with pytest.raises(errors.UserError, match='written by 2 processes.*'
                      'Resume with 2 processes'):
-    train.train_and_evaluate(config, str(workdir))
+    train.train(config, str(workdir))
 
   from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   sampler = sample.Sampler.from_workdir(str(workdir))

@@ -10,6 +10,7 @@ import pytest
 import safetensors.numpy
 import tensorflow as tf
 
+import fake_data
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 from xmcgan_jax import parallel
@@ -244,9 +245,9 @@ def test_train_step_runs_the_encoder_on_token_ids():
   g = Generator(image_size=64, base_width=4, z_dim=8, text_dim=16,
                 max_tokens=6)
   d = Discriminator(image_size=64, base_width=4, text_dim=16)
-  g_tx, d_tx = ts.make_optimizers()
+  g_tx, d_tx = fake_data.optimizers()
   mesh = parallel.make_mesh()
-  step_config = ts.StepConfig(d_steps_per_g_step=1)
+  step_config = fake_data.step_config(d_steps_per_g_step=1)
   rng = np.random.default_rng(0)
   ids, mask = _batch_with_padding(len(TINY_VOCAB), batch=3, length=6)
   ids, mask = np.tile(ids, (3, 1))[:8][None], np.tile(mask, (3, 1))[:8][None]

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks import common
 from xmcgan_jax import config_base
-from xmcgan_jax.training import checkpointing
+from xmcgan_jax import run_dir
 from xmcgan_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +41,14 @@ def _arrays(state):
 
 @pytest.fixture(scope='module')
 def straight_and_resumed(tmp_path_factory, data_dir):
-  """4 steps in one go, and 2 + 2 with a restart (fresh train_and_evaluate)."""
+  """4 steps in one go, and 2 + 2 with a restart (fresh train)."""
   straight_dir = str(tmp_path_factory.mktemp('straight'))
-  straight = train.train_and_evaluate(_tiny(data_dir), straight_dir)
+  straight = train.train(_tiny(data_dir), straight_dir)
   resumed_dir = str(tmp_path_factory.mktemp('resumed'))
-  half = train.train_and_evaluate(_tiny(data_dir, num_train_steps=2),
+  half = train.train(_tiny(data_dir, num_train_steps=2),
                                   resumed_dir)
   assert int(half.step) == 2
-  resumed = train.train_and_evaluate(_tiny(data_dir), resumed_dir)
+  resumed = train.train(_tiny(data_dir), resumed_dir)
   return straight, resumed, resumed_dir
 
 
@@ -56,7 +56,7 @@ def test_end_to_end_writes_checkpoints_events_and_samples(
     straight_and_resumed):
   _, resumed, workdir = straight_and_resumed
   assert int(resumed.step) == 4
-  steps = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+  steps = run_dir.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      keep=2).all_steps()
   assert steps == [2, 4]
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
@@ -81,7 +81,7 @@ def test_corrupt_latest_checkpoint_falls_back(straight_and_resumed, tmp_path,
     if os.path.isfile(path) and 'ocdbt' in path:
       with open(path, 'wb') as f:
         f.write(b'garbage')
-  checkpointer = checkpointing.Checkpointer(copy, keep=2)
+  checkpointer = run_dir.Checkpointer(copy, keep=2)
   with caplog.at_level('WARNING'):
     step, state, positions = checkpointer.restore_latest(straight)
   assert step == 2 and int(state.step) == 2
@@ -162,7 +162,7 @@ def test_bad_config_fields_are_named(data_dir, field, value, message):
   with pytest.raises(ValueError, match=message):
     config_base.validate(config, num_devices=8)
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, '/nonexistent/never/written')
+    train.train(config, '/nonexistent/never/written')
 
 
 def test_mirror_pairs_need_an_even_batch(data_dir):
@@ -174,15 +174,15 @@ def test_mirror_pairs_need_an_even_batch(data_dir):
 def test_missing_weights_fail_before_compiling(data_dir, tmp_path):
   config = _tiny(data_dir, text_encoder=str(tmp_path / 'no_such_bert'))
   with pytest.raises(FileNotFoundError, match='no_such_bert'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    train.train(config, str(tmp_path / 'w'))
   config = _tiny(data_dir)
   config.image_encoder.name = 'vgg19'
   config.image_encoder.weights = str(tmp_path / 'vgg19.h5')
   with pytest.raises(FileNotFoundError, match='image_encoder.weights'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    train.train(config, str(tmp_path / 'w'))
   config = _tiny(data_dir, image_size=128, max_tokens=600)
   with pytest.raises(ValueError, match='max_tokens=600'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    train.train(config, str(tmp_path / 'w'))
 
 
 def _cli(workdir, *args):
@@ -211,7 +211,7 @@ def test_cli_override_and_sigterm_leave_a_loadable_checkpoint(
     assert process.poll() is None, text[-3000:]
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=120) == 0, open(tmp_path / 'log.txt').read()[-3000:]
-  checkpointer = checkpointing.Checkpointer(
+  checkpointer = run_dir.Checkpointer(
       os.path.join(workdir, 'checkpoints'), keep=2)
   steps = checkpointer.all_steps()
   assert len(steps) == 1 and steps[0] >= 3
@@ -295,7 +295,7 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
   del saved['shapes_grid'], saved['shapes_max_objects']
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(saved, f)
-  config = sample.load_config(workdir)
+  config = run_dir.read_config(workdir)
   assert (config.shapes_grid, config.shapes_max_objects) == (3, 3)
   config.fid_stats_dir = str(tmp_path / 'stats')
 
@@ -349,7 +349,7 @@ def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
   shapes_oracle.ShapesOracle.load_or_train(
       os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
       train_examples=64, steps=5)
-  config = sample.load_config(workdir)
+  config = run_dir.read_config(workdir)
   config.clip_weights = fake_data.write_random_clip(str(tmp_path / 'clip'))
   # 120 captions: R-precision needs more than 99.
   config.eval_num_samples = config.shapes_eval_size = 120
@@ -416,7 +416,7 @@ def test_failed_checkpoint_save_stops_the_run_at_once(straight_and_resumed,
   # Resumed at 4, saved (and failed) at 6, stopped by step 8: never went on.
   assert 'step 6/12' in result.stderr and 'step 9/12' not in result.stderr
   assert elapsed < 300  # Not held by Orbax's abandoned threads (minutes).
-  checkpointer = checkpointing.Checkpointer(checkpoints, keep=2)
+  checkpointer = run_dir.Checkpointer(checkpoints, keep=2)
   assert checkpointer.all_steps() == [2, 4]
   step, _, _ = checkpointer.restore_latest(straight)
   assert step == 4

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+import fake_data
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 from xmcgan_jax import parallel
@@ -39,9 +40,9 @@ def _batch(seed=0, d_steps=2):
 @functools.lru_cache(maxsize=None)
 def _step(n_devices, negatives, bn_group='global'):
   g, d = _models()
-  g_tx, d_tx = ts.make_optimizers()
+  g_tx, d_tx = fake_data.optimizers()
   mesh = parallel.make_mesh(jax.devices()[:n_devices])
-  config = ts.StepConfig(contrastive_negatives=negatives, bn_group=bn_group)
+  config = fake_data.step_config(contrastive_negatives=negatives, bn_group=bn_group)
   step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
   init = lambda: ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx,
                                        mesh)
@@ -91,9 +92,10 @@ def test_local_negatives_change_the_result(one_step_states):
 
 def test_metrics_cover_every_term(one_step_states):
   _, metrics = one_step_states[(8, 'global')]
-  for k in ['d_loss', 'g_loss', 'd_adv', 'd_sentence', 'd_word', 'g_adv',
-            'g_sentence', 'g_word', 'g_image_d', 'real_logits', 'fake_logits',
-            'd_sentence_acc', 'g_word_acc', 'd_grad_norm', 'g_grad_norm']:
+  for k in ['d_loss', 'g_loss', 'd_adversarial', 'd_sentence',
+            'd_word_region', 'g_adversarial', 'g_sentence', 'g_word_region',
+            'g_image_d', 'real_logits', 'fake_logits', 'd_sentence_acc',
+            'g_word_region_acc', 'd_grad_norm', 'g_grad_norm']:
     assert np.isfinite(metrics[k]), k
   assert 'g_image_pretrained' not in metrics  # No encoder given.
 
@@ -106,7 +108,7 @@ def test_compiles_once_and_learns():
   d_adv = []
   for _ in range(30):
     state, metrics = step(state, batch)
-    d_adv.append(float(metrics['d_adv']))
+    d_adv.append(float(metrics['d_adversarial']))
     assert all(np.isfinite(float(v)) for v in metrics.values())
   assert step.jitted._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 30
@@ -115,15 +117,16 @@ def test_compiles_once_and_learns():
 
 def test_switched_off_terms_are_not_computed():
   g, d = _models()
-  g_tx, d_tx = ts.make_optimizers()
+  g_tx, d_tx = fake_data.optimizers()
   mesh = parallel.make_mesh()
-  config = ts.StepConfig(d_steps_per_g_step=1, weights=ts.LossWeights(
-      word=0.0, image_d=0.0))
+  config = fake_data.step_config(**{
+      'd_steps_per_g_step': 1, 'loss_weights.word_region': 0.0,
+      'loss_weights.image_d': 0.0})
   step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
   state = ts.create_train_state(jax.random.PRNGKey(1), g, d, g_tx, d_tx, mesh)
   batch = jax.tree.map(lambda x: x[:1], _batch())
   _, metrics = step(state, batch)
-  assert 'd_word' not in metrics and 'g_image_d' not in metrics
+  assert 'd_word_region' not in metrics and 'g_image_d' not in metrics
   assert 'g_sentence' in metrics
 
 
@@ -138,6 +141,6 @@ def test_bad_batches_and_configs_are_named():
   with pytest.raises(ValueError, match='d_steps_per_g_step'):
     step(state, jax.tree.map(lambda x: x[:1], batch))
   with pytest.raises(ValueError, match='contrastive_negatives'):
-    ts.StepConfig(contrastive_negatives='cross')
+    fake_data.step_config(contrastive_negatives='cross')
   with pytest.raises(ValueError, match='bn_group'):
-    ts.StepConfig(bn_group='pod')
+    fake_data.step_config(bn_group='pod')

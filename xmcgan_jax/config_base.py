@@ -27,7 +27,7 @@ def _loss_weights() -> ml_collections.ConfigDict:
   w = ml_collections.ConfigDict()
   w.adversarial = 1.0  # Hinge, D and G.
   w.sentence = 1.0  # Sentence-image NCE.
-  w.word = 1.0  # Word-region NCE.
+  w.word_region = 1.0  # Word-region NCE.
   w.image_d = 1.0  # Real-fake NCE on D features (G).
   w.image_pretrained = 1.0  # Real-fake NCE on a frozen encoder.
   return w
@@ -139,6 +139,64 @@ def data_seed(config: ml_collections.ConfigDict) -> int:
   return config.seed if seed == -1 else seed
 
 
+def _bad(field: str, value, message: str) -> None:
+  raise errors.ConfigError(f'config.{field}={value!r}: {message}')
+
+
+def check_positive(field: str, value) -> None:
+  """Raises ConfigError naming `field` unless value is an integer >= 1."""
+  if int(value) < 1:
+    _bad(field, value, 'must be a positive integer.')
+
+
+def check_contrastive_negatives(value: str) -> None:
+  """Raises ConfigError unless value is 'global' or 'local'."""
+  if value not in ('global', 'local'):
+    _bad('contrastive_negatives', value, "use 'global' or 'local'.")
+
+
+def check_bn_group(value, local_batch: Optional[int] = None,
+                   n_devices: Optional[int] = None) -> None:
+  """Raises ConfigError for a bad generator BatchNorm group.
+
+  Args:
+    value: config.bn_group ('device', 'global' or an int number of examples).
+    local_batch: the per-device batch; with n_devices, an int group must be
+      a multiple of it that splits the devices into equal groups.
+    n_devices: devices on the data axis.
+  """
+  if not (value in ('device', 'global') or
+          (isinstance(value, int) and not isinstance(value, bool) and
+           value > 0)):
+    _bad('bn_group', value, "use 'device', 'global' or a positive int.")
+  if isinstance(value, int) and local_batch and n_devices and (
+      value % local_batch or n_devices % (value // local_batch)):
+    _bad('bn_group', value,
+         f'must be a multiple of the per-device batch {local_batch} and '
+         f'split the {n_devices} devices into groups.')
+
+
+# Fields renamed since runs were saved: old dotted name -> new one.
+RENAMED_FIELDS = {'loss_weights.word': 'loss_weights.word_region'}
+
+
+def upgrade(config: ml_collections.ConfigDict) -> None:
+  """Renames, in place, fields of a config saved before a rename.
+
+  A run's config.json keeps the names of the code that wrote it; the
+  sampling and eval jobs read it through this (run_dir.read_config).
+  """
+  for old, new in RENAMED_FIELDS.items():
+    old_parent, _, old_name = old.rpartition('.')
+    new_parent, _, new_name = new.rpartition('.')
+    holder = config[old_parent] if old_parent else config
+    if old_name in holder:
+      target = config[new_parent] if new_parent else config
+      with holder.unlocked(), target.unlocked():
+        target[new_name] = holder[old_name]
+        del holder[old_name]
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None) -> None:
   """Raises ValueError naming the first bad field of `config`.
@@ -147,9 +205,7 @@ def validate(config: ml_collections.ConfigDict,
     config: an experiment config.
     num_devices: global device count, to check batch divisibility.
   """
-  def bad(field, value, message):
-    raise errors.ConfigError(f'config.{field}={value!r}: {message}')
-
+  bad = _bad
   if config.dataset not in DATASETS:
     bad('dataset', config.dataset, f'unknown dataset; choose from {DATASETS}.')
   if config.image_size not in IMAGE_SIZES:
@@ -169,9 +225,7 @@ def validate(config: ml_collections.ConfigDict,
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
   if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
-  if config.contrastive_negatives not in ('global', 'local'):
-    bad('contrastive_negatives', config.contrastive_negatives,
-        "use 'global' or 'local'.")
+  check_contrastive_negatives(config.contrastive_negatives)
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")
@@ -179,8 +233,7 @@ def validate(config: ml_collections.ConfigDict,
                 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'sample_every_steps', 'g_width',
                 'd_width', 'z_dim'):
-    if int(config[field]) < 1:
-      bad(field, config[field], 'must be a positive integer.')
+    check_positive(field, config[field])
   if num_devices and config.batch_size % num_devices:
     bad('batch_size', config.batch_size,
         f'not divisible by the {num_devices} devices (each sub-step batch '
@@ -190,9 +243,10 @@ def validate(config: ml_collections.ConfigDict,
   if config.mirror_pairs and config.batch_size % 2:
     bad('batch_size', config.batch_size,
         'mirror_pairs=True needs an even batch (examples come in pairs).')
-  bn = config.bn_group
-  if not (bn in ('device', 'global') or (isinstance(bn, int) and bn > 0)):
-    bad('bn_group', bn, "use 'device', 'global' or a positive int.")
+  check_bn_group(config.bn_group)
+  if num_devices:
+    check_bn_group(config.bn_group, config.batch_size // num_devices,
+                   num_devices)
   if config.image_encoder.name not in IMAGE_ENCODERS:
     bad('image_encoder.name', config.image_encoder.name,
         f'choose from {IMAGE_ENCODERS}.')
@@ -228,7 +282,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def field_names(config: ml_collections.ConfigDict, prefix: str = ''
                 ) -> List[str]:
-  """Every field of `config` as a dotted name ('loss_weights.word', ...)."""
+  """Every field of `config` as a dotted name ('loss_weights.word_region', ...)."""
   names = []
   for key, value in config.items():
     names.append(prefix + key)
@@ -242,7 +296,7 @@ def check_overrides(config_path: str, keys: Sequence[str]) -> None:
 
   Args:
     config_path: the --config value (a `file.py:arg` suffix is ignored).
-    keys: dotted override keys, e.g. ['batch_size', 'loss_weights.word'].
+    keys: dotted override keys, e.g. ['batch_size', 'loss_weights.word_region'].
   """
   path = config_path.split(':', 1)[0]
   config = load_config_file(path)

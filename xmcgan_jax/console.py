@@ -78,6 +78,12 @@ def import_tensorflow(backend: str, verbosity: int = 0):
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3' if backend == 'cpu'
                         else '1')
+  if verbosity < 1:
+    # TensorFlow's oneDNN graph rewrites print notices at import and at the
+    # first int64 op ('E0000 ... oneDNN supports DT_INT64 only on platforms
+    # with AVX-512'), which read as errors. TF only decodes and batches data
+    # here, where those rewrites gain nothing; an explicit setting wins.
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   if verbosity >= 1 or 'tensorflow' in sys.modules:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   else:

@@ -18,9 +18,13 @@ from typing import Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 
-from xmcgan_jax.models.layers import l2_normalize
-
 _f32 = lambda x: jnp.asarray(x, jnp.float32)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """Scales `x` to unit l2 norm along `axis` (x * rsqrt(max(|x|^2, eps)))."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
 
 def hinge_d(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:

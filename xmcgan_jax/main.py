@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from xmcgan_jax import config_base
 from xmcgan_jax import console
 from xmcgan_jax import errors
-from xmcgan_jax import paths
+from xmcgan_jax import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs, samples.')
 _MODE = flags.DEFINE_enum(
@@ -90,7 +90,7 @@ def _enable_compilation_cache(jax, workdir: str) -> None:
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return
   config = flags.FLAGS.config
-  path = paths.resolve(config.get('compilation_cache_dir', '')
+  path = run_dir.resolve(config.get('compilation_cache_dir', '')
                        if config is not None else '')
   jax.config.update('jax_compilation_cache_dir',
                     path or os.path.join(workdir, 'jax_cache'))
@@ -121,7 +121,7 @@ def main(argv):
     raise app.UsageError('--mode=train needs --config=configs/<name>.py.')
   console.quiet_libraries(flags.FLAGS.verbosity)
   try:
-    _start_and_run(paths.resolve(_WORKDIR.value))
+    _start_and_run(run_dir.resolve(_WORKDIR.value))
   except errors.UserError as e:
     console.exit_with_error(e)
   except errors.CheckpointSaveError as e:
@@ -157,13 +157,13 @@ def _check_before_jax(workdir: str) -> None:
   training; the run's config.json for sampling and evaluation.
   """
   if _MODE.value == 'train':
-    config_base.validate(paths.resolve_config(flags.FLAGS.config))
+    config_base.validate(run_dir.resolve_config(flags.FLAGS.config))
     return
   if _MODE.value == 'eval' and flags.FLAGS.config is not None:
     return
-  path = os.path.join(workdir, paths.CONFIG_FILE)
-  if not paths.is_remote(path) and not os.path.exists(path):
-    raise paths.missing_run(workdir)
+  path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  if not run_dir.is_remote(path) and not os.path.exists(path):
+    raise run_dir.missing_run(workdir)
 
 
 def _run_mode(workdir: str) -> None:
@@ -173,7 +173,7 @@ def _run_mode(workdir: str) -> None:
     captions = [c.strip() for c in _CAPTIONS.value.split('|') if c.strip()]
     if not captions:
       raise errors.UserError("--mode=sample needs --captions='a ...|b ...'.")
-    path = sample.sample_grid(workdir, captions, paths.resolve(_OUTPUT.value),
+    path = sample.sample_grid(workdir, captions, run_dir.resolve(_OUTPUT.value),
                               _SEED.value)
     logging.info('Wrote %s', path)
     print(path)
@@ -186,7 +186,7 @@ def _run_mode(workdir: str) -> None:
       print(result)
     return
   from xmcgan_jax.training import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(flags.FLAGS.config, workdir)
+  train.train(flags.FLAGS.config, workdir)
 
 
 if __name__ == '__main__':

@@ -41,11 +41,10 @@ from xmcgan_jax.eval import fid
 from xmcgan_jax.eval import inception
 from xmcgan_jax.eval import r_precision
 from xmcgan_jax.eval import shapes_oracle
-from xmcgan_jax import paths
+from xmcgan_jax import run_dir
 from xmcgan_jax.sampling import sample as sample_lib
 from xmcgan_jax.text import encoder as text_encoder_lib
 from xmcgan_jax.text import tokenizer as tokenizer_lib
-from xmcgan_jax.training import checkpointing
 
 RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'
@@ -172,9 +171,9 @@ class Evaluator:
                features: Optional[Callable[[np.ndarray], Tuple[
                    np.ndarray, np.ndarray]]] = None,
                features_digest: str = ''):
-    self.workdir = workdir = paths.resolve(workdir)
-    self.config = paths.resolve_config(
-        config or sample_lib.load_config(workdir))
+    self.workdir = workdir = run_dir.resolve(workdir)
+    self.config = run_dir.resolve_config(
+        config or run_dir.read_config(workdir))
     c = self.config
     count = c.eval_num_samples
     examples = eval_set(c, count)
@@ -321,14 +320,14 @@ def run(workdir: str, config=None, poll: bool = False,
   Returns:
     The results of this call, one dict per evaluated checkpoint.
   """
-  workdir = paths.resolve(workdir)
+  workdir = run_dir.resolve(workdir)
   evaluator = evaluator or Evaluator(workdir, config)
   final_step = evaluator.config.num_train_steps
-  eval_dir = os.path.join(workdir, paths.EVAL_DIR)
+  eval_dir = os.path.join(workdir, run_dir.EVAL_DIR)
   writer = metric_writers.create_default_writer(
       eval_dir, just_logging=jax.process_index() > 0)
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, paths.CHECKPOINT_DIR), asynchronous=False)
+  checkpointer = run_dir.Checkpointer(
+      os.path.join(workdir, run_dir.CHECKPOINT_DIR), asynchronous=False)
   results, waiting_since = [], time.monotonic()
   # Read once: this job is the only writer of results.jsonl while it runs.
   done = set(_done_steps(eval_dir))

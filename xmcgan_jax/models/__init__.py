@@ -5,3 +5,4 @@ from xmcgan_jax.models.discriminator import Discriminator
 from xmcgan_jax.models.discriminator import discriminator_schedule
 from xmcgan_jax.models.generator import Generator
 from xmcgan_jax.models.generator import generator_channels
+from xmcgan_jax.models.build import build_models

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmcgan_jax import losses
 from xmcgan_jax.models import layers
 
 Dtype = Any
@@ -34,9 +35,10 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str) -> nn.Conv:
   # G's block convs have no bias (the 2021 release's have one). Most feed
   # only a BatchNorm, which subtracts the batch mean: there a bias has an
   # exactly-zero gradient, and Adam would only turn its rounding noise into
-  # lr-sized random steps. Three also reach the attention query directly:
-  # block1's last and shortcut convs (its output is the query's input) and
-  # block0's shortcut (through block1's shortcut). There a bias adds a
+  # lr-sized random steps. Four also reach the attention query directly:
+  # block1's last and shortcut convs (its output is the query's input), and
+  # block0's last and shortcut convs (block0's output is the input of
+  # block1's shortcut, which passes it on unnormalised). There a bias adds a
   # constant to the query, which the query's own bias can absorb: the same
   # functions, though in the release those biases do get gradients. Only
   # OutputConv keeps a bias.
@@ -136,8 +138,8 @@ class WordRegionAttention(nn.Module):
     b, height, width, _ = h.shape
     q = nn.Dense(self.text_dim, kernel_init=layers.kernel_init, dtype=self.dtype,
                  name='query')(h)
-    q = layers.l2_normalize(q.reshape(b, height * width, -1).astype(jnp.float32))
-    w = layers.l2_normalize(word_emb.astype(jnp.float32))
+    q = losses.l2_normalize(q.reshape(b, height * width, -1).astype(jnp.float32))
+    w = losses.l2_normalize(word_emb.astype(jnp.float32))
     scores = self.gamma * jnp.einsum('bre,bte->brt', q, w)
     scores = jnp.where(word_mask[:, None, :], scores, -1e9)
     attn = jax.nn.softmax(scores, axis=-1)

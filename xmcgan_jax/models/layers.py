@@ -11,16 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmcgan_jax.losses import l2_normalize
+
 Dtype = Any
 
 # The 2021 release initialises every conv and dense kernel glorot-normal, biases zero.
 kernel_init = nn.initializers.glorot_normal()
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """Scales `x` to unit l2 norm along `axis` (x * rsqrt(max(|x|^2, eps)))."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
 
 def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
@@ -195,20 +191,20 @@ def _spectral_normalize(module: nn.Module, kernel: jax.Array,
   """Divides `kernel` by its largest singular value (one power iteration).
 
   The kernel is viewed as a (fan_in, out) matrix. The persistent vector `u`
-  (1, out) lives in the 'spectral_norm_stats' collection; it is refined and
-  written back on every training forward and frozen otherwise.
+  (1, out) lives in the 'spectral_norm_stats' collection. Every forward
+  refines u by one power iteration, as the 2021 release does; a training
+  forward (`update_stats`) writes the refined u back, any other forward
+  leaves the stored u as it was.
   """
   w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
   u_var = module.variable(
       'spectral_norm_stats', 'u',
       lambda: jax.random.normal(module.make_rng('params'), (1, w.shape[-1]),
                                 jnp.float32))
-  u = u_var.value
-  v = l2_normalize(u @ w.T, eps=1e-10)
-  if update_stats:
-    u = l2_normalize(v @ w, eps=1e-10)
-    if not module.is_initializing():
-      u_var.value = u
+  v = l2_normalize(u_var.value @ w.T, eps=1e-10)
+  u = l2_normalize(v @ w, eps=1e-10)
+  if update_stats and not module.is_initializing():
+    u_var.value = u
   u = jax.lax.stop_gradient(u)
   v = jax.lax.stop_gradient(v)
   sigma = (v @ w @ u.T)[0, 0]

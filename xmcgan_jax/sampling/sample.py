@@ -9,28 +9,24 @@ run's config.json, the generator's weights from its newest readable Orbax
 checkpoint, captions are tokenized by Hugging Face `tokenizers` WordPiece.
 """
 
-import json
 import os
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
-from xmcgan_jax import config_base
 from xmcgan_jax import errors
+from xmcgan_jax import models
 from xmcgan_jax import parallel
-from xmcgan_jax import paths
+from xmcgan_jax import run_dir
 from xmcgan_jax.models import generator as generator_lib
 from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import encoder as text_encoder_lib
 from xmcgan_jax.text import wordpiece
-from xmcgan_jax.training import builders
-from xmcgan_jax.training import checkpointing
 
 _STANDING_BATCH = 64  # Captions (cycled) per standing-statistics forward.
 
@@ -43,33 +39,6 @@ class GeneratorWeights(NamedTuple):
   ema_g_params: Any
 
 
-def _read(path: str) -> str:
-  if '://' in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.io.gfile.GFile(path) as f:
-      return f.read()
-  with open(path, encoding='utf-8') as f:
-    return f.read()
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training run saved as WORKDIR/config.json."""
-  path = os.path.join(workdir, paths.CONFIG_FILE)
-  try:
-    text = _read(path)
-  except (OSError, IOError) as e:
-    raise paths.missing_run(workdir) from e
-  config = ml_collections.ConfigDict(json.loads(text))
-  # Runs saved before a field existed ran with its default behaviour (every
-  # field added so far defaults to what the code did before it): fill it in.
-  with config.unlocked():
-    for key, value in config_base.get_base_config().items():
-      if key not in config:
-        logging.info('%s has no %r; using the default %r.', path, key, value)
-        config[key] = value
-  return config
-
-
 class Sampler:
   """A trained generator with its frozen text encoder.
 
@@ -78,7 +47,7 @@ class Sampler:
 
   def __init__(self, config, weights: GeneratorWeights,
                text: text_encoder_lib.TextEncoder, generator,
-               checkpointer: Optional[checkpointing.Checkpointer] = None):
+               checkpointer: Optional[run_dir.Checkpointer] = None):
     self.config = config
     self._text = text
     self._checkpointer = checkpointer
@@ -110,19 +79,19 @@ class Sampler:
     Returns:
       The Sampler.
     """
-    workdir = paths.resolve(workdir)
+    workdir = run_dir.resolve(workdir)
     if config is None:
-      config = load_config(workdir)
+      config = run_dir.read_config(workdir)
     if text_encoder:
       config = ml_collections.ConfigDict(config.to_dict())
       config.text_encoder = text_encoder
-    config = paths.resolve_config(config)
+    config = run_dir.resolve_config(config)
     text = text_encoder_lib.load_text_encoder(
         config.text_encoder, pooling=config.text_pooling,
         dtype=jnp.dtype(config.dtype))
-    generator, _ = builders.build_models(config, text.width)
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, paths.CHECKPOINT_DIR),
+    generator, _ = models.build_models(config, text.width)
+    checkpointer = run_dir.Checkpointer(
+        os.path.join(workdir, run_dir.CHECKPOINT_DIR),
         keep=config.keep_checkpoints, asynchronous=False)
     weights = _restore(checkpointer, _abstract_weights(generator), step)
     return cls(config, weights, text, generator, checkpointer)
@@ -215,7 +184,7 @@ class Sampler:
     return state
 
 
-def _restore(checkpointer: checkpointing.Checkpointer,
+def _restore(checkpointer: run_dir.Checkpointer,
              like: GeneratorWeights, step: Optional[int]) -> GeneratorWeights:
   """G's weights of checkpoint `step` (default: the newest readable)."""
   abstract = like._asdict()  # The TrainState fields of the same names.
@@ -253,11 +222,11 @@ def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
   Returns:
     The PNG path (default WORKDIR/samples/cli_<step>_seed<seed>.png).
   """
-  workdir = paths.resolve(workdir)
+  workdir = run_dir.resolve(workdir)
   sampler = Sampler.from_workdir(workdir)
   images = sampler.sample(captions, seed=seed, ema=ema)
   sampler.close()
-  output = paths.resolve(output) or os.path.join(
-      workdir, paths.SAMPLES_DIR, f'cli_{sampler.step:08d}_seed{seed}.png')
+  output = run_dir.resolve(output) or os.path.join(
+      workdir, run_dir.SAMPLES_DIR, f'cli_{sampler.step:08d}_seed{seed}.png')
   visualize.save_png(output, visualize.make_grid(images, list(captions)))
   return output

@@ -1,4 +1,6 @@
-"""train_and_evaluate: the training loop around the compiled train step.
+"""train: the training loop around the compiled train step.
+
+(Evaluation is its own job, eval/evaluate.py, run on the checkpoints.)
 
 Every process runs this same function. It validates the config, loads the
 frozen text encoder, prepares the data (process 0) and builds this process's
@@ -26,15 +28,15 @@ import tensorflow as tf
 from xmcgan_jax import config_base
 from xmcgan_jax.data import pipeline
 from xmcgan_jax import errors
+from xmcgan_jax import models
 from xmcgan_jax.models import image_encoders
 from xmcgan_jax import parallel
-from xmcgan_jax import paths
+from xmcgan_jax import run_dir
 from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import encoder as text_encoder_lib
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import builders
-from xmcgan_jax.training import checkpointing
 from xmcgan_jax.training import train_step as train_step_lib
 
 
@@ -127,7 +129,7 @@ def _write_samples(writer, workdir: str, step: int, grids: Dict[str, Any],
     grid = visualize.make_grid(visualize.to_uint8(pixels), texts)
     images[f'samples/{name}'] = grid[None]
     visualize.save_png(
-        os.path.join(workdir, paths.SAMPLES_DIR, f'{name}_{step:08d}.png'), grid)
+        os.path.join(workdir, run_dir.SAMPLES_DIR, f'{name}_{step:08d}.png'), grid)
   writer.write_images(step, images)
   writer.write_texts(step, {'samples/captions': ' | '.join(texts)})
 
@@ -144,7 +146,7 @@ class TrainingRun:
   step_fn: Callable[..., Any]
   frozen: Dict[str, Any]
   state: train_step_lib.TrainState
-  checkpointer: checkpointing.Checkpointer
+  checkpointer: run_dir.Checkpointer
   position: int  # This process's position in its data order.
 
 
@@ -156,8 +158,8 @@ def setup(config, workdir: str) -> TrainingRun:
       that this process layout cannot resume, before any compilation.
   """
   process_index, process_count = jax.process_index(), jax.process_count()
-  workdir = paths.resolve(workdir)
-  config = paths.resolve_config(config)  # Written resolved to config.json.
+  workdir = run_dir.resolve(workdir)
+  config = run_dir.resolve_config(config)  # Written resolved to config.json.
   config_base.validate(config, jax.device_count())
   if config.batch_size % process_count:
     raise errors.ConfigError(
@@ -174,7 +176,7 @@ def setup(config, workdir: str) -> TrainingRun:
                                         process_count, prepare_data=False)
 
   mesh = parallel.make_mesh()
-  generator, discriminator = builders.build_models(config, text.width)
+  generator, discriminator = models.build_models(config, text.width)
   g_tx, d_tx = builders.build_optimizers(config)
   image_encoder = None
   if config.image_encoder.name != 'none':
@@ -192,15 +194,15 @@ def setup(config, workdir: str) -> TrainingRun:
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, paths.CHECKPOINT_DIR),
+  checkpointer = run_dir.Checkpointer(
+      os.path.join(workdir, run_dir.CHECKPOINT_DIR),
       keep=config.keep_checkpoints)
   state, position = _restore(checkpointer, state, workdir)
   return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
                      frozen, state, checkpointer, position)
 
 
-def _restore(checkpointer: checkpointing.Checkpointer,
+def _restore(checkpointer: run_dir.Checkpointer,
              state: train_step_lib.TrainState, workdir: str):
   """(state, this process's data position) of the newest readable
   checkpoint, or the initial ones."""
@@ -263,16 +265,24 @@ class _MetricLog:
     self._start, self._start_step = time.perf_counter(), step
     if jax.process_index() == 0:
       logging.info(
-          'step %d/%d | d_loss %.3f g_loss %.3f d_adv %.3f g_adv %.3f | '
-          '%.2f steps/s %.0f img/s | ETA %s', step, config.num_train_steps,
-          summary['d_loss'], summary['g_loss'], summary.get('d_adv', 0),
-          summary.get('g_adv', 0), steps_per_s, summary['images_per_second'],
+          'step %d/%d | d_loss %.3f g_loss %.3f d_adversarial %.3f '
+          'g_adversarial %.3f | %.2f steps/s %.0f img/s | ETA %s', step,
+          config.num_train_steps, summary['d_loss'], summary['g_loss'],
+          summary.get('d_adversarial', 0), summary.get('g_adversarial', 0),
+          steps_per_s, summary['images_per_second'],
           _duration((config.num_train_steps - step) / max(steps_per_s,
                                                           1e-9)))
 
 
 class _SampleGrids:
-  """Real, raw-G and EMA-G grids of fixed eval captions and noise."""
+  """Real, raw-G and EMA-G grids of fixed eval captions and noise.
+
+  Both generated grids use the raw G's BatchNorm running statistics: the EMA
+  weights with those statistics (as the 2021 release evaluates), which is
+  cheap during training. `--mode=sample` and the eval job instead recompute
+  standing statistics for the EMA weights (sampling/sample.py), so their EMA
+  images can differ from these grids'.
+  """
 
   def __init__(self, run: TrainingRun, writer):
     self._run, self._writer = run, writer
@@ -295,7 +305,7 @@ class _SampleGrids:
                      fixed['caption'])
 
 
-def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
+def train(config, workdir: str) -> train_step_lib.TrainState:
   """Trains (or resumes) the model of `config` in `workdir`.
 
   Args:
@@ -355,10 +365,7 @@ def train_and_evaluate(config, workdir: str) -> train_step_lib.TrainState:
 def _open_writer(run: TrainingRun, start_step: int):
   """The metric writer; process 0 also writes the resolved config.json."""
   if jax.process_index() == 0:  # For sampling and evaluation jobs.
-    tf.io.gfile.makedirs(run.workdir)
-    with tf.io.gfile.GFile(os.path.join(run.workdir, paths.CONFIG_FILE),
-                           'w') as f:
-      f.write(run.config.to_json(indent=1))
+    run_dir.write_config(run.workdir, run.config)
   writer = metric_writers.create_default_writer(
       run.workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:

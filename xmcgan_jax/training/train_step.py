@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from xmcgan_jax import losses
+from xmcgan_jax import config_base
+from xmcgan_jax import objectives
 from xmcgan_jax import parallel
 from xmcgan_jax.models import generator as generator_lib
 
@@ -35,7 +36,6 @@ Batch = Mapping[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 # (frozen encoder params, images in [0, 1]) -> (N, F) features.
 ImageEncoderFn = Callable[[Any, jax.Array], jax.Array]
-
 # (frozen text encoder params, token ids, token mask) -> (words, sentence).
 TextEncoderFn = Callable[[Any, jax.Array, jax.Array],
                          Tuple[jax.Array, jax.Array]]
@@ -46,56 +46,24 @@ TOKEN_BATCH_KEYS = ('image', 'token_ids', 'token_mask')
 
 
 @dataclasses.dataclass(frozen=True)
-class LossWeights:
-  """Weight of each loss term; 0 switches the term off (it is not computed).
-
-  adversarial: hinge loss of D and of G.
-  sentence: sentence-image NCE, on real images for D and fake images for G.
-  word: word-region NCE, on real images for D and fake images for G.
-  image_d: NCE(v_fake, v_real) of D's pooled features, for G.
-  image_pretrained: NCE of a frozen pretrained encoder's features of real and
-    fake images, for G; needs an image encoder.
-  """
-  adversarial: float = 1.0
-  sentence: float = 1.0
-  word: float = 1.0
-  image_d: float = 1.0
-  image_pretrained: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """Hyperparameters of the train step.
+  """Hyperparameters of the train step (config fields of the same names;
+  training/builders.py builds it from a config, where every default lives).
 
   d_steps_per_g_step: sub-batches per step (D updates per G update).
-  contrastive_negatives: 'global' (the whole global batch) or 'local' (this
-    device's rows only, as the 2021 release).
   bn_group: generator BatchNorm statistics over 'device', 'global', or an int
     number of examples per group (a multiple of the per-device batch).
   ema_decay: decay of the EMA generator parameters.
-  temperature: of the sentence and image NCE losses.
-  word_gammas: (gamma1, gamma2, gamma3) of the word-region loss.
-  weights: loss term weights and switches.
+  loss: the objectives' weights and hyperparameters.
   """
-  d_steps_per_g_step: int = 2
-  contrastive_negatives: str = 'global'
-  bn_group: Union[str, int] = 'device'
-  ema_decay: float = 0.999
-  temperature: float = 0.1
-  word_gammas: Tuple[float, float, float] = (5.0, 5.0, 50.0)
-  weights: LossWeights = LossWeights()
+  d_steps_per_g_step: int
+  bn_group: Union[str, int]
+  ema_decay: float
+  loss: objectives.LossConfig
 
-  def __post_init__(self):
-    if self.d_steps_per_g_step < 1:
-      raise ValueError('d_steps_per_g_step must be >= 1, got '
-                       f'{self.d_steps_per_g_step}.')
-    if self.contrastive_negatives not in ('global', 'local'):
-      raise ValueError("contrastive_negatives must be 'global' or 'local', got "
-                       f'{self.contrastive_negatives!r}.')
-    if not (self.bn_group in ('device', 'global') or
-            (isinstance(self.bn_group, int) and self.bn_group > 0)):
-      raise ValueError("bn_group must be 'device', 'global' or a positive int, "
-                       f'got {self.bn_group!r}.')
+  def __post_init__(self):  # The checks of config_base.validate.
+    config_base.check_positive('d_steps_per_g_step', self.d_steps_per_g_step)
+    config_base.check_bn_group(self.bn_group)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -109,14 +77,6 @@ class TrainState(flax.struct.PyTreeNode):
   d_state: Params  # Discriminator spectral-norm u vectors.
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
-
-
-def make_optimizers(g_lr: float = 1e-4, d_lr: float = 4e-4, b1: float = 0.5,
-                    b2: float = 0.999
-                    ) -> Tuple[optax.GradientTransformation,
-                               optax.GradientTransformation]:
-  """The two Adam optimizers (TTUR learning rates) for G and D."""
-  return optax.adam(g_lr, b1=b1, b2=b2), optax.adam(d_lr, b1=b1, b2=b2)
 
 
 def create_train_state(rng: jax.Array, generator: nn.Module,
@@ -160,14 +120,11 @@ def create_train_state(rng: jax.Array, generator: nn.Module,
 def _bn_axis(bn_group: Union[str, int], local_batch: int, n_devices: int
              ) -> Tuple[Optional[str], Optional[int]]:
   """(axis_name, devices per group) of the generator BatchNorm."""
+  config_base.check_bn_group(bn_group, local_batch, n_devices)
   if bn_group == 'device':
     return None, None
   if bn_group == 'global':
     return parallel.DATA_AXIS, None
-  if bn_group % local_batch or n_devices % (bn_group // local_batch):
-    raise ValueError(
-        f'bn_group={bn_group} examples must be a multiple of the per-device '
-        f'batch {local_batch} and split the {n_devices} devices into groups.')
   return parallel.DATA_AXIS, bn_group // local_batch
 
 
@@ -196,11 +153,26 @@ def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
   parallel.check_batch_divisible(lead[1], mesh)
 
 
+class GeneratorState(NamedTuple):
+  """What a G update changes: parameters, BatchNorm statistics, Adam."""
+  params: Params
+  state: Params
+  opt_state: optax.OptState
+
+
 class DiscriminatorState(NamedTuple):
   """What a D update changes: parameters, spectral-norm vectors, Adam."""
   params: Params
   state: Params
   opt_state: optax.OptState
+
+
+class JointResult(NamedTuple):
+  """The joint sub-step's updated networks and the metrics of each."""
+  g: GeneratorState
+  d: DiscriminatorState
+  d_metrics: Metrics
+  g_metrics: Metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,80 +197,6 @@ class Networks:
         jnp.concatenate([real, fake]), jnp.concatenate([sentence, sentence]),
         train=True, mutable=['spectral_norm_stats'])
     return out, new_vars['spectral_norm_stats']
-
-
-# Loss terms --------------------------------------------------------------
-# Each objective maps D's output on [real; fake] and the sub-batch to
-# (weighted loss, metrics). Metrics are pmean'd over the mesh; the losses stay
-# per-device values whose gradients the sub-steps pmean (losses.py).
-
-
-def _negatives_axis(config: StepConfig) -> Optional[str]:
-  return (parallel.DATA_AXIS if config.contrastive_negatives == 'global'
-          else None)
-
-
-def _nce(a: jax.Array, b: jax.Array, config: StepConfig):
-  return losses.contrastive_loss(a, b, temperature=config.temperature,
-                                 axis_name=_negatives_axis(config),
-                                 with_accuracy=True)
-
-
-def _word_nce(regions: jax.Array, sub: Batch, config: StepConfig):
-  gamma1, gamma2, gamma3 = config.word_gammas
-  return losses.word_region_loss(regions, sub['word_emb'], sub['word_mask'],
-                                 gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
-                                 axis_name=_negatives_axis(config),
-                                 with_accuracy=True)
-
-
-def _weighted_total(terms, weights: Mapping[str, float]) -> jax.Array:
-  return sum(weights[name] * loss for name, (loss, _) in terms.items())
-
-
-def d_objective(out, sub: Batch, config: StepConfig
-                ) -> Tuple[jax.Array, Metrics]:
-  """L_D: hinge, plus the sentence and word-region NCE on real images."""
-  w = config.weights
-  real, fake = _split_real_fake(out, sub['image'].shape[0])
-  terms = {'d_adv': (losses.hinge_d(real.logits, fake.logits), None)}
-  if w.sentence:
-    terms['d_sentence'] = _nce(real.pooled, real.projection, config)
-  if w.word:
-    terms['d_word'] = _word_nce(real.regions, sub, config)
-  total = _weighted_total(terms, {'d_adv': w.adversarial,
-                                  'd_sentence': w.sentence, 'd_word': w.word})
-  pmean = lambda x: jax.lax.pmean(x, parallel.DATA_AXIS)
-  metrics = {'real_logits': pmean(jnp.mean(real.logits)),
-             'fake_logits': pmean(jnp.mean(fake.logits))}
-  return total, _flatten(terms, metrics)
-
-
-def g_objective(out, sub: Batch, fake_images: jax.Array, config: StepConfig,
-                pretrained: Optional[Callable[[jax.Array], jax.Array]] = None
-                ) -> Tuple[jax.Array, Metrics]:
-  """L_G: hinge, sentence and word-region NCE on fake images, image NCE of
-  D's features, and image NCE of a frozen encoder's (`pretrained`, or off)."""
-  w = config.weights
-  real, fake = _split_real_fake(out, sub['image'].shape[0])
-  terms = {'g_adv': (losses.hinge_g(fake.logits), None)}
-  if w.sentence:
-    terms['g_sentence'] = _nce(fake.pooled, fake.projection, config)
-  if w.word:
-    terms['g_word'] = _word_nce(fake.regions, sub, config)
-  if w.image_d:
-    terms['g_image_d'] = _nce(fake.pooled, real.pooled, config)
-  if pretrained is not None:
-    # Two calls, not one on the concatenation: the real half is a constant
-    # of G, so its forward needs no backward (one call would compute the
-    # input gradient of the whole batch through the encoder).
-    real_features = jax.lax.stop_gradient(pretrained(sub['image']))
-    terms['g_image_pretrained'] = _nce(real_features, pretrained(fake_images),
-                                       config)
-  total = _weighted_total(terms, {
-      'g_adv': w.adversarial, 'g_sentence': w.sentence, 'g_word': w.word,
-      'g_image_d': w.image_d, 'g_image_pretrained': w.image_pretrained})
-  return total, _flatten(terms, {})
 
 
 # Sub-steps ---------------------------------------------------------------
@@ -330,7 +228,7 @@ def d_only_substep(nets: Networks, d_tx: optax.GradientTransformation,
   def loss_fn(d_params):
     out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
                                          fake, sub['sentence_emb'])
-    loss, metrics = d_objective(out, sub, config)
+    loss, metrics = objectives.d_objective(out, sub, config.loss)
     return loss, (metrics, new_d_state)
 
   (d_loss, (metrics, new_d_state)), d_grads = jax.value_and_grad(
@@ -340,37 +238,35 @@ def d_only_substep(nets: Networks, d_tx: optax.GradientTransformation,
 
 def joint_substep(nets: Networks, g_tx: optax.GradientTransformation,
                   d_tx: optax.GradientTransformation, config: StepConfig,
-                  state: TrainState, d: DiscriminatorState, sub: Batch,
+                  g: GeneratorState, d: DiscriminatorState, sub: Batch,
                   z: jax.Array,
-                  pretrained: Optional[Callable[[jax.Array], jax.Array]]):
-  """One G and D forward pulled back twice (dL_D/dD, dL_G/dG); both update.
-
-  Returns:
-    (g_params, g_opt_state, g_state, d, d_metrics, g_metrics).
-  """
+                  pretrained: Optional[Callable[[jax.Array], jax.Array]]
+                  ) -> JointResult:
+  """One G and D forward pulled back twice (dL_D/dD, dL_G/dG); both update."""
 
   def losses_of(g_params, d_params):
-    fake, new_g_state = nets.generate(g_params, state.g_state, z, sub)
+    fake, new_g_state = nets.generate(g_params, g.state, z, sub)
     out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
                                          fake, sub['sentence_emb'])
-    d_loss, d_metrics = d_objective(out, sub, config)
-    g_loss, g_metrics = g_objective(out, sub, fake, config, pretrained)
+    d_loss, d_metrics = objectives.d_objective(out, sub, config.loss)
+    g_loss, g_metrics = objectives.g_objective(out, sub, fake, config.loss,
+                                               pretrained)
     return (d_loss, g_loss), (d_metrics, g_metrics, new_g_state, new_d_state)
 
-  (d_loss, g_loss), pullback, aux = jax.vjp(losses_of, state.g_params,
-                                            d.params, has_aux=True)
-  d_metrics, g_metrics, g_state, new_d_state = aux
+  (d_loss, g_loss), pullback, aux = jax.vjp(losses_of, g.params, d.params,
+                                            has_aux=True)
+  d_metrics, g_metrics, new_g_state, new_d_state = aux
   one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
   d_grads = pullback((one, zero))[1]
   g_grads = jax.lax.pmean(pullback((zero, one))[0], parallel.DATA_AXIS)
   d, d_metrics = _apply_d_update(d_tx, d, new_d_state, d_loss, d_grads,
                                  d_metrics)
-  updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
-                                     state.g_params)
-  g_params = optax.apply_updates(state.g_params, updates)
+  updates, g_opt_state = g_tx.update(g_grads, g.opt_state, g.params)
+  g = GeneratorState(optax.apply_updates(g.params, updates), new_g_state,
+                     g_opt_state)
   g_metrics = dict(g_metrics, g_loss=jax.lax.pmean(g_loss, parallel.DATA_AXIS),
                    g_grad_norm=optax.tree.norm(g_grads))
-  return g_params, g_opt_state, g_state, d, d_metrics, g_metrics
+  return JointResult(g, d, d_metrics, g_metrics)
 
 
 def ema_update(ema_params: Params, params: Params, decay: float) -> Params:
@@ -391,18 +287,20 @@ def _per_device_step(nets: Networks, g_tx, d_tx, config: StepConfig,
                                 state.g_state, d, sub(k), z[k])
     d_metrics.append(metrics)
   k = config.d_steps_per_g_step - 1
-  g_params, g_opt_state, g_state, d, metrics, g_metrics = joint_substep(
-      nets, g_tx, d_tx, config, state, d, sub(k), z[k], pretrained)
-  d_metrics.append(metrics)
+  g = GeneratorState(state.g_params, state.g_state, state.g_opt_state)
+  joint = joint_substep(nets, g_tx, d_tx, config, g, d, sub(k), z[k],
+                        pretrained)
+  d_metrics.append(joint.d_metrics)
   out_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
-  out_metrics.update(g_metrics)
+  out_metrics.update(joint.g_metrics)
+  g, d = joint.g, joint.d
   new_state = state.replace(
-      step=state.step + 1, g_params=g_params,
+      step=state.step + 1, g_params=g.params,
       # Per-device (or per-group) running statistics differ; average them
       # so the replicated state is one well-defined value.
-      g_state=jax.lax.pmean(g_state, parallel.DATA_AXIS),
-      ema_g_params=ema_update(state.ema_g_params, g_params, config.ema_decay),
-      d_params=d.params, d_state=d.state, g_opt_state=g_opt_state,
+      g_state=jax.lax.pmean(g.state, parallel.DATA_AXIS),
+      ema_g_params=ema_update(state.ema_g_params, g.params, config.ema_decay),
+      d_params=d.params, d_state=d.state, g_opt_state=g.opt_state,
       d_opt_state=d.opt_state)
   return new_state, {k: v.astype(jnp.float32) for k, v in out_metrics.items()}
 
@@ -410,7 +308,7 @@ def _per_device_step(nets: Networks, g_tx, d_tx, config: StepConfig,
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     g_tx: optax.GradientTransformation,
                     d_tx: optax.GradientTransformation, mesh: Mesh,
-                    config: StepConfig = StepConfig(),
+                    config: StepConfig,
                     image_encoder: Optional[ImageEncoderFn] = None,
                     text_encoder: Optional[TextEncoderFn] = None
                     ) -> Callable[..., Tuple[TrainState, Metrics]]:
@@ -434,7 +332,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     `frozen` holds the parameters of frozen encoders. The state is donated.
     Metrics are float32 scalars of the global batch.
   """
-  use_pretrained = bool(config.weights.image_pretrained) and (
+  use_pretrained = bool(config.loss.weights.image_pretrained) and (
       image_encoder is not None)
   n_devices = mesh.shape[parallel.DATA_AXIS]
 
@@ -497,19 +395,3 @@ def _encode_text(encoder: TextEncoderFn, params, token_ids: jax.Array,
   return {'word_emb': words.reshape(lead + words.shape[1:]),
           'sentence_emb': sentence.reshape(lead + sentence.shape[1:]),
           'word_mask': mask}
-
-
-def _split_real_fake(out, b: int):
-  """Splits D's output on [real; fake] into its two halves."""
-  return (type(out)(*(x[:b] for x in out)), type(out)(*(x[b:] for x in out)))
-
-
-def _flatten(terms: Mapping[str, Tuple[jax.Array, Optional[jax.Array]]],
-             metrics: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
-  """{name: (loss, accuracy)} -> {name: loss, name_acc: accuracy} + metrics."""
-  out = dict(metrics)
-  for name, (loss, accuracy) in terms.items():
-    out[name] = jax.lax.pmean(loss, parallel.DATA_AXIS)
-    if accuracy is not None:
-      out[name + '_acc'] = jax.lax.pmean(accuracy, parallel.DATA_AXIS)
-  return out

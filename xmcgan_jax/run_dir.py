@@ -1,17 +1,31 @@
-"""Checkpoints of the whole train state with Orbax, resumable and robust.
+"""The run directory (--workdir): its layout, paths, config.json, checkpoints.
 
-A checkpoint holds the TrainState and the data position of every process (the
-number of training records each has consumed), so a resumed run continues
-with exactly the data and noise of an uninterrupted one. Saves are atomic
-(Orbax writes to a temporary directory and renames), asynchronous, and only
-the last `keep` are kept. A checkpoint that fails to restore (half-written,
-corrupted) is skipped with a warning in favour of the previous one. A save
-that fails, in the call or in Orbax's background thread, raises
-CheckpointSaveError at the next `check()` (cheap: the loop calls it every
-step), so a run never goes on training while its saves fail.
+The training, sampling and eval jobs share one directory: the resolved config
+(written by training as config.json, read by the others), Orbax checkpoints,
+PNG sample grids and the eval job's results. This module owns that layout so
+that sampling and evaluation read a run without importing the training code.
+
+Paths. Orbax needs absolute checkpoint paths, and several processes of one
+run must agree on a path even when one of its parents does not exist yet
+(`run/../x`). So every path a user gives is resolved at the entry point
+(command line, training, Sampler, the eval job): `~` expanded, made absolute
+against the current directory and normalised. URLs (`gs://...`) pass
+through.
+
+Checkpoints. A checkpoint holds the TrainState and the data position of
+every process (the number of training records each has consumed), so a
+resumed run continues with exactly the data and noise of an uninterrupted
+one. Saves are atomic (Orbax writes to a temporary directory and renames),
+asynchronous, and only the last `keep` are kept. A checkpoint that fails to
+restore (half-written, corrupted) is skipped with a warning in favour of the
+previous one. A save that fails, in the call or in Orbax's background thread,
+raises CheckpointSaveError at the next `check()` (cheap: the loop calls it
+every step), so a run never goes on training while its saves fail.
 """
 
 import io
+import json
+import os
 import re
 import sys
 import time
@@ -19,10 +33,117 @@ from typing import Any, List, Optional, Tuple
 
 from absl import logging
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
+from xmcgan_jax import config_base
 from xmcgan_jax import errors
-from xmcgan_jax import paths
+
+# A run directory (--workdir), shared by the training, sampling and eval
+# jobs: the resolved config (written by training), Orbax checkpoints, PNG
+# sample grids and the eval job's results.
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+SAMPLES_DIR = 'samples'
+EVAL_DIR = 'eval'
+
+# Config fields that hold a file or directory path ('' = unset).
+PATH_FIELDS = ('data_dir', 'manual_dir', 'inception_weights', 'fid_stats_dir',
+               'clip_weights', 'image_encoder.weights',
+               'compilation_cache_dir')
+
+
+def missing_run(workdir: str) -> errors.MissingFileError:
+  """The error for a --workdir without a training run's config."""
+  return errors.MissingFileError(
+      f'{os.path.join(workdir, CONFIG_FILE)} not found: is {workdir} the '
+      '--workdir of a training run?')
+
+
+def is_remote(path: str) -> bool:
+  """True for URLs such as gs://bucket/dir (handled by tf.io.gfile)."""
+  return '://' in path
+
+
+def resolve(path: str) -> str:
+  """An absolute, normalised local path; '' and remote paths unchanged."""
+  if not path or is_remote(path):
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def looks_local(name: str) -> bool:
+  """Whether a name such as config.text_encoder is a local path.
+
+  Text encoders are also named by package or Hugging Face hub name
+  ('all-MiniLM-L6-v2', 'sentence-transformers/all-MiniLM-L6-v2'): those stay
+  names unless a directory of that name exists here.
+  """
+  return (name.startswith(('~', '.', os.sep)) or
+          os.path.isdir(os.path.expanduser(name)))
+
+
+def resolve_config(config: ml_collections.ConfigDict
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` with every path field resolved (see resolve)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for field in PATH_FIELDS:
+    parent, _, name = field.rpartition('.')
+    holder = config[parent] if parent else config
+    if name in holder:
+      holder[name] = resolve(holder[name])
+  if looks_local(config.get('text_encoder', '')):
+    config.text_encoder = resolve(config.text_encoder)
+  return config
+
+
+# config.json -------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+  if is_remote(path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path) as f:
+      return f.read()
+  with open(path, encoding='utf-8') as f:
+    return f.read()
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the run's resolved config as WORKDIR/config.json (process 0)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json(indent=1))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run saved as WORKDIR/config.json.
+
+  Runs saved before a field existed ran with its default behaviour (every
+  field added so far defaults to what the code did before it), so missing
+  fields get the defaults of config_base; renamed fields are carried over
+  (config_base.upgrade).
+
+  Raises:
+    MissingFileError: WORKDIR has no config.json.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    text = _read(path)
+  except (OSError, IOError) as e:
+    raise missing_run(workdir) from e
+  config = ml_collections.ConfigDict(json.loads(text))
+  with config.unlocked():
+    config_base.upgrade(config)
+    for key, value in config_base.get_base_config().items():
+      if key not in config:
+        logging.info('%s has no %r; using the default %r.', path, key, value)
+        config[key] = value
+  return config
+
+
+# Checkpoints -------------------------------------------------------------
 
 
 class _AbandonedReadsHidden:
@@ -72,7 +193,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
-    self.directory = paths.resolve(directory)  # Orbax needs absolute paths.
+    self.directory = resolve(directory)  # Orbax needs absolute paths.
     self._pending = None  # Step of the save that may still be running.
     self._manager = ocp.CheckpointManager(
         directory,
