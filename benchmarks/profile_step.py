@@ -30,6 +30,7 @@ from xmcgan_jax import losses
 from xmcgan_jax import models
 from xmcgan_jax import parallel
 from xmcgan_jax.data import pipeline
+from xmcgan_jax.text import feature_table
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train as train_lib
@@ -171,11 +172,18 @@ def main(argv=None) -> None:
       'sentence_emb': np.asarray(sentence).reshape(lead + sentence.shape[1:]),
       'word_mask': batch['token_mask'].astype(bool)}, mesh)
 
+  # config.text_feature_table: every training caption's features, looked up.
+  table = feature_table.build(text.features_fn(), text.params,
+                              *data.train_caption_tokens())
+  table_step = train_step_lib.make_train_step(
+      generator, discriminator, g_tx, d_tx, mesh, step_config,
+      text_encoder=feature_table.lookup_fn())
+  table_frozen = {'text_encoder': parallel.replicate(table.params, mesh)}
   holder = {'state': state}
 
-  def run(step_fn, b):
+  def run(step_fn, b, frozen_params=frozen):
     def call():
-      holder['state'], metrics = step_fn(holder['state'], b, frozen)
+      holder['state'], metrics = step_fn(holder['state'], b, frozen_params)
       return metrics
     return call
 
@@ -184,7 +192,9 @@ def main(argv=None) -> None:
   rows.append(['whole step (token ids in, text encoder inside)',
                f'{step_ms:.1f}', '100%'])
   timed = {'whole step, text features given':
-               run(feature_step, feature_batch)}
+               run(feature_step, feature_batch),
+           f'whole step, text feature table ({len(table.token_ids)} captions)':
+               run(table_step, sharded, table_frozen)}
   if not args.whole_step_only:
     # A copy: the steps above donate (delete) the state they are given.
     parts = _parts(config, text, generator, discriminator, batch,

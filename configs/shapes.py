@@ -5,7 +5,7 @@
 Needs no download: the dataset is generated locally (under a minute) and the
 text encoder is the offline all-MiniLM-L6-v2 package. Its departures from the
 paper (MiniLM, mirror pairs, the text-fed stem, no pretrained image term) are
-listed in docs/fidelity.md.
+listed in docs/fidelity.md; its results are in docs/shapes.md.
 """
 
 from xmcgan_jax import config_base
@@ -20,7 +20,7 @@ def get_config():
   # One object in a 2x2 grid: in 20 CPU minutes the model puts it in the
   # captioned cell in the captioned colour and size. (1-3 objects in 3x3
   # cells, tried before mirror_pairs and g_stem_text, learned only the
-  # colours in that time; README, "What it gives here".)
+  # colours in that time; docs/shapes.md.)
   c.shapes_grid = 2
   c.shapes_max_objects = 1
   c.image_size = 64  # Smallest channel schedule.
@@ -31,9 +31,13 @@ def get_config():
   c.random_flip = False  # Captions name left and right cells.
   # Batches of 4 images and their mirrors, left/right swapped in the
   # caption: without such pairs D tells captions apart by colour alone and
-  # G never learns sides (README, "What it gives here").
+  # G never learns sides (docs/shapes.md).
   c.mirror_pairs = True
   c.text_encoder = 'all-MiniLM-L6-v2'  # Offline package, E = 384.
+  # The captions form a closed set (144 one-object captions): encode each
+  # once at start-up and look the features up in the step (equal up to
+  # float rounding; the encoder was 11-19% of the step, docs/performance.md).
+  c.text_feature_table = True
   c.g_width = 8  # gf: G's widest block has 16 gf = 128 channels.
   c.d_width = 8  # df.
   c.z_dim = 32  # Noise size.

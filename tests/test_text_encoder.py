@@ -15,6 +15,7 @@ from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 from xmcgan_jax import parallel
 from xmcgan_jax.text import encoder as te
+from xmcgan_jax.text import feature_table
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import train_step as ts
 
@@ -317,3 +318,41 @@ def test_sentence_poolings_mean_and_release_sum():
   same = np.isclose(outputs['mean'], outputs['release_sum'],
                     atol=1e-5).all(axis=1)
   assert same.tolist() == [True, False, False]
+
+
+def test_feature_table_equals_the_encoder_and_names_a_missing_caption():
+  """config.text_feature_table: features looked up by token row equal the
+  encoder's own features of the batch; a row outside the table is an error
+  naming its caption, raised on the host before the step."""
+  config = te.BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16,
+                         num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=16)
+  module = te.BertEncoder(config)
+  rng = np.random.default_rng(1)
+  mask = np.arange(7)[None] < np.array([7, 4, 2, 5, 3])[:, None]
+  ids = np.where(mask, rng.integers(5, len(TINY_VOCAB), size=(5, 7)), 0)
+  ids[:, 0] = 2
+  ids = ids.astype(np.int32)
+  params = module.init(jax.random.PRNGKey(5), ids, mask)['params']
+  encode = te.TextEncoder(module, params, vocab_path='',
+                          lower_case=True).features_fn()
+  # The table is built from duplicated rows in another order and batching;
+  # a row that differs only beyond its mask is the same caption.
+  ids_padded_junk = np.where(mask, ids, 7)
+  rows = np.concatenate([ids[::-1], ids_padded_junk, ids[:2]])
+  masks = np.concatenate([mask[::-1], mask, mask[:2]])
+  table = feature_table.build(encode, params, rows, masks, batch_size=3)
+  assert len(table.token_ids) == 5
+  batch_ids, batch_mask = ids[[3, 0, 0, 4]], mask[[3, 0, 0, 4]]
+  want_words, want_sentence = encode(params, batch_ids, batch_mask)
+  words, sentence = jax.jit(feature_table.lookup_fn())(
+      table.params, batch_ids, batch_mask)
+  np.testing.assert_allclose(np.asarray(words), np.asarray(want_words),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(sentence), np.asarray(want_sentence),
+                             rtol=1e-5, atol=1e-6)
+  table.check(batch_ids, batch_mask)  # Every row known: no error.
+  unknown = batch_ids.copy()
+  unknown[1, 1] = (unknown[1, 1] + 1) % len(TINY_VOCAB)
+  with pytest.raises(ValueError, match="'a red circle'.*text_feature_table"):
+    table.check(unknown, batch_mask, ['x', 'a red circle', 'y', 'z'])

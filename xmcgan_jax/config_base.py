@@ -87,6 +87,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Sentence feature: 'mean' of real tokens, 'pooler', or 'release_sum' (the
   # 2021 release's bug: padding positions summed in; docs/fidelity.md).
   c.text_pooling = 'mean'
+  # Encode every distinct training caption once at start-up and look the
+  # features up in the step instead of running the encoder on each batch
+  # (equal up to float rounding). Only for closed caption sets (Shapes);
+  # a caption outside the set stops the run with an error naming it.
+  c.text_feature_table = False
 
   # Model.
   c.g_width = 96  # gf: generator base channels.

@@ -17,7 +17,7 @@ process runs the same number of batches.
 
 import dataclasses
 import threading
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -185,7 +185,7 @@ class InputPipeline:
       captioned with 'left' and 'right' swapped (swap_left_right). Batches
       then hold pairs that differ only in side: contrastive negatives that
       make D and G tell left from right, which random pairs of captions
-      rarely demand (README, "What it gives here"). Batches consume half as
+      rarely demand (docs/shapes.md). Batches consume half as
       many records.
   """
   builder: tfds.core.DatasetBuilder
@@ -269,6 +269,26 @@ class InputPipeline:
                           tf.bool)
     keep.set_shape([])
     return keep
+
+  def train_caption_tokens(self) -> Tuple[np.ndarray, np.ndarray]:
+    """Token rows of every distinct caption training can draw.
+
+    Every caption of this process's training records, and with mirror_pairs
+    its left/right-swapped form too (the caption of the mirrored image).
+
+    Returns:
+      (token ids, token mask), each (N, T), one row per distinct caption.
+    """
+    split = self._split(self.spec.train_split)
+    captions = set()
+    for names in self._raw(split).map(lambda ex: ex['captions']
+                                      ).as_numpy_iterator():
+      captions.update(names.tolist())
+    captions = sorted(c for c in captions if c.strip())
+    if self.mirror_pairs:
+      swapped = swap_left_right(tf.constant(captions, tf.string)).numpy()
+      captions = sorted(set(captions) | set(swapped.tolist()))
+    return self.tokenizer.tokenize_numpy(captions, self.max_tokens)
 
   def train_dataset(self, per_process_batch: int, d_steps: int,
                     position: int = 0) -> tf.data.Dataset:

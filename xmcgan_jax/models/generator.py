@@ -227,7 +227,7 @@ class Generator(nn.Module):
     # norms, which scale and shift whole channels: a caption can move an
     # object only by gating channels whose position pattern suits it. With
     # stem_text the 4x4 layout is a linear function of the caption as well,
-    # which a short run learns (README, "What it gives here").
+    # which a short run learns (docs/shapes.md).
     # The stem keeps its bias (as the 2021 release's Dense does): reshaped to
     # (4, 4, C) it is a learned map per position and channel, which the next
     # BatchNorm does not remove (BN subtracts one mean per channel): a source

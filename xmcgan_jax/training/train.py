@@ -14,7 +14,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -35,6 +35,7 @@ from xmcgan_jax import run_dir
 from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.text import feature_table
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train_step as train_step_lib
@@ -148,6 +149,8 @@ class TrainingRun:
   state: train_step_lib.TrainState
   checkpointer: run_dir.Checkpointer
   position: int  # This process's position in its data order.
+  # With config.text_feature_table: the captions' features the step looks up.
+  table: Optional[feature_table.FeatureTable] = None
 
 
 def setup(config, workdir: str) -> TrainingRun:
@@ -184,11 +187,12 @@ def setup(config, workdir: str) -> TrainingRun:
         config.image_encoder.name, config.image_encoder.weights,
         config.image_encoder.feature, config.image_encoder.preprocess,
         dtype=jnp.dtype(config.dtype))
+  text_fn, text_params, table = _step_text_encoder(config, text, data)
   step_fn = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config), text_encoder=text.features_fn(),
+      builders.build_step_config(config), text_encoder=text_fn,
       image_encoder=image_encoder.features_fn() if image_encoder else None)
-  frozen = {'text_encoder': parallel.replicate(text.params, mesh)}
+  frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   if image_encoder is not None:
     frozen['image_encoder'] = parallel.replicate(image_encoder.params, mesh)
   state = train_step_lib.create_train_state(
@@ -199,7 +203,22 @@ def setup(config, workdir: str) -> TrainingRun:
       keep=config.keep_checkpoints)
   state, position = _restore(checkpointer, state, workdir)
   return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
-                     frozen, state, checkpointer, position)
+                     frozen, state, checkpointer, position, table)
+
+
+def _step_text_encoder(config, text: text_encoder_lib.TextEncoder,
+                       data: pipeline.InputPipeline):
+  """(features function, its frozen params, the FeatureTable or None) that
+  the step runs on the batch's token ids: the text encoder itself, or with
+  config.text_feature_table its features of every training caption,
+  computed here once."""
+  if not config.get('text_feature_table', False):
+    return text.features_fn(), text.params, None
+  ids, mask = data.train_caption_tokens()
+  table = feature_table.build(text.features_fn(), text.params, ids, mask)
+  logging.info('Text features of %d distinct training captions computed '
+               'once (config.text_feature_table).', len(table.token_ids))
+  return feature_table.lookup_fn(), table.params, table
 
 
 def _restore(checkpointer: run_dir.Checkpointer,
@@ -337,6 +356,8 @@ def train(config, workdir: str) -> train_step_lib.TrainState:
     while step < config.num_train_steps:
       batch = next(batches)
       position = int(batch.pop('next_position'))
+      if run.table is not None:
+        run.table.check(batch['token_ids'], batch['token_mask'])
       state, metrics = run.step_fn(state, parallel.shard_batch(batch,
                                                                run.mesh),
                                    run.frozen)
