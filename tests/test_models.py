@@ -108,6 +108,28 @@ def test_local_cbn_rewrite_equals_naive_full_resolution():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_bilinear_cond_upsample_is_the_convs_of_the_resized_map():
+  """g_cond_upsample='bilinear': gamma/beta of the 16x16 map resized
+  bilinearly equal the 1x1 convs of the bilinearly resized map (both linear
+  per pixel); 'nearest' stays the default and differs from it."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 32, 32, 5)).astype(np.float32)
+  cond16 = rng.normal(size=(2, 16, 16, 7)).astype(np.float32)
+  cbn = layers.ConditionalBatchNorm(5, cond_upsample='bilinear')
+  variables = cbn.init(jax.random.key(0), x, cond16, train=True)
+  got, _ = cbn.apply(variables, x, cond16, train=True, mutable=['batch_stats'])
+  p = variables['params']
+  cond32 = np.asarray(jax.image.resize(cond16, (2, 32, 32, 7), 'bilinear'))
+  gamma = cond32 @ p['gamma']['kernel'] + p['gamma']['bias']
+  beta = cond32 @ p['beta']['kernel'] + p['beta']['bias']
+  x_hat = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5)
+  np.testing.assert_allclose(got, x_hat * (1 + gamma) + beta, rtol=1e-4,
+                             atol=1e-4)
+  nearest, _ = layers.ConditionalBatchNorm(5).apply(
+      variables, x, cond16, train=True, mutable=['batch_stats'])
+  assert np.abs(np.asarray(nearest) - np.asarray(got)).max() > 1e-2
+
+
 def test_generator_shortcut_rewrite_equals_upsample_then_conv():
   """The shortcut conv1x1 before upsampling equals it after (the release)."""
   rng = np.random.default_rng(1)

@@ -102,6 +102,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.remat = False  # Recompute G/D block activations in backward: less memory.
   c.g_out_padded_channels = 16  # G's RGB conv computes this many (exact).
   c.g_stem_text = False  # G's stem sees [sentence, z], not z alone (paper).
+  # How local CBN's 16x16 modulation reaches 32x32 and up: 'nearest' (paper:
+  # constant over pixel blocks) or 'bilinear'.
+  c.g_cond_upsample = 'nearest'
 
   # Optimisation.
   c.batch_size = 256  # Global batch per sub-step (real images per D update).
@@ -231,6 +234,9 @@ def validate(config: ml_collections.ConfigDict,
   if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
   check_contrastive_negatives(config.contrastive_negatives)
+  if config.get('g_cond_upsample', 'nearest') not in ('nearest', 'bilinear'):
+    bad('g_cond_upsample', config.g_cond_upsample,
+        "use 'nearest' or 'bilinear'.")
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")

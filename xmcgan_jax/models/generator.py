@@ -109,12 +109,14 @@ class GenBlock(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  cond_upsample: str = 'nearest'  # See layers.ConditionalBatchNorm.
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
     cbn = lambda c, name: layers.ConditionalBatchNorm(
         c, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-        bn_group_size=self.bn_group_size, name=name)
+        bn_group_size=self.bn_group_size, cond_upsample=self.cond_upsample,
+        name=name)
     h = nn.relu(cbn(x.shape[-1], 'cbn1')(x, cond, train))
     h = UpConv(self.features, self.dtype, name='conv1')(h)
     h = nn.relu(cbn(self.features, 'cbn2')(h, cond, train))
@@ -173,6 +175,8 @@ class Generator(nn.Module):
     out_padded_channels: see OutputConv (3 or less: no padding).
     stem_text: feed the stem [projected sentence, z] instead of z alone (a
       deviation from the paper; see `__call__`).
+    cond_upsample: 'nearest' (paper) or 'bilinear': how the local CBN's
+      16x16 modulation reaches 32x32 and up (layers.ConditionalBatchNorm).
   """
   image_size: int = 128
   base_width: int = 96
@@ -186,6 +190,7 @@ class Generator(nn.Module):
   remat: bool = False
   out_padded_channels: int = 16
   stem_text: bool = False
+  cond_upsample: str = 'nearest'
 
   @nn.compact
   def __call__(self, z: jax.Array, sentence_emb: jax.Array, word_emb: jax.Array,
@@ -214,9 +219,10 @@ class Generator(nn.Module):
     gf = self.base_width
     # static_argnums counts self: (self, x, cond, train).
     block_cls = nn.remat(GenBlock, static_argnums=(3,)) if self.remat else GenBlock
-    block = lambda c, name: block_cls(c * gf, dtype=self.dtype,
-                                     bn_axis_name=self.bn_axis_name,
-                                     bn_group_size=self.bn_group_size, name=name)
+    block = lambda c, name: block_cls(
+        c * gf, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        bn_group_size=self.bn_group_size, cond_upsample=self.cond_upsample,
+        name=name)
     z = z.astype(self.dtype)
     sentence = nn.Dense(self.z_dim, kernel_init=layers.kernel_init,
                         dtype=self.dtype, name='sentence_proj')(
@@ -249,7 +255,8 @@ class Generator(nn.Module):
 
     h = layers.ConditionalBatchNorm(
         h.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-        bn_group_size=self.bn_group_size, name='out_cbn')(h, cond_map, train)
+        bn_group_size=self.bn_group_size, cond_upsample=self.cond_upsample,
+        name='out_cbn')(h, cond_map, train)
     h = OutputConv(3, self.out_padded_channels, self.dtype,
                    name='out_conv')(nn.relu(h))
     return (jnp.tanh(h.astype(jnp.float32)) + 1.0) / 2.0

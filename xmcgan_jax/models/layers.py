@@ -153,11 +153,16 @@ class ConditionalBatchNorm(nn.Module):
     features: channels of x.
     dtype: compute dtype.
     bn_axis_name, bn_group_size: see `BatchNorm`.
+    cond_upsample: how gamma/beta of a condition map reach x's resolution:
+      'nearest' (the paper and the 2021 release: constant over each block of
+      pixels) or 'bilinear' (jax.image.resize, half-pixel centres; the 1x1
+      convs still commute with it, both being linear per pixel).
   """
   features: int
   dtype: Dtype = jnp.float32
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  cond_upsample: str = 'nearest'
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
@@ -175,6 +180,9 @@ class ConditionalBatchNorm(nn.Module):
       raise ValueError(f'Condition map {cond.shape[1:3]} does not divide the '
                        f'activation size {(h, w)}.')
     fh, fw = h // ch, w // cw
+    if self.cond_upsample == 'bilinear':
+      resize = lambda t: jax.image.resize(t, (b, h, w, c), 'bilinear')
+      return x_hat * (1 + resize(gamma)) + resize(beta)
     # Broadcast instead of materialising the upsampled gamma/beta.
     x6 = x_hat.reshape(b, ch, fh, cw, fw, c)
     out = (x6 * (1 + gamma[:, :, None, :, None, :])
