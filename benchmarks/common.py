@@ -28,8 +28,10 @@ def set_field(config, field: str, value: str) -> None:
   old = node[name]
   if isinstance(old, bool):
     node[name] = value.lower() in ('1', 'true', 'yes')
-  elif isinstance(old, (int, float)):
-    node[name] = type(old)(float(value)) if isinstance(old, int) else float(value)
+  elif isinstance(old, int):
+    node[name] = int(float(value))
+  elif isinstance(old, float):
+    node[name] = float(value)
   else:
     node[name] = value
 

@@ -42,7 +42,8 @@ def _step(n_devices, negatives, bn_group='global'):
   g, d = _models()
   g_tx, d_tx = fake_data.optimizers()
   mesh = parallel.make_mesh(jax.devices()[:n_devices])
-  config = fake_data.step_config(contrastive_negatives=negatives, bn_group=bn_group)
+  config = fake_data.step_config(contrastive_negatives=negatives,
+                                 bn_group=bn_group)
   step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
   init = lambda: ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx,
                                        mesh)

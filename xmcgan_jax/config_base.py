@@ -234,7 +234,7 @@ def validate(config: ml_collections.ConfigDict,
   if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
   check_contrastive_negatives(config.contrastive_negatives)
-  if config.get('g_cond_upsample', 'nearest') not in ('nearest', 'bilinear'):
+  if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,
         "use 'nearest' or 'bilinear'.")
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
@@ -254,10 +254,9 @@ def validate(config: ml_collections.ConfigDict,
   if config.mirror_pairs and config.batch_size % 2:
     bad('batch_size', config.batch_size,
         'mirror_pairs=True needs an even batch (examples come in pairs).')
-  check_bn_group(config.bn_group)
-  if num_devices:
-    check_bn_group(config.bn_group, config.batch_size // num_devices,
-                   num_devices)
+  check_bn_group(config.bn_group,
+                 config.batch_size // num_devices if num_devices else None,
+                 num_devices)
   if config.image_encoder.name not in IMAGE_ENCODERS:
     bad('image_encoder.name', config.image_encoder.name,
         f'choose from {IMAGE_ENCODERS}.')
@@ -293,7 +292,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def field_names(config: ml_collections.ConfigDict, prefix: str = ''
                 ) -> List[str]:
-  """Every field of `config` as a dotted name ('loss_weights.word_region', ...)."""
+  """Every field of `config` as a dotted name ('loss_weights.word_region',
+  ...)."""
   names = []
   for key, value in config.items():
     names.append(prefix + key)
@@ -307,7 +307,8 @@ def check_overrides(config_path: str, keys: Sequence[str]) -> None:
 
   Args:
     config_path: the --config value (a `file.py:arg` suffix is ignored).
-    keys: dotted override keys, e.g. ['batch_size', 'loss_weights.word_region'].
+    keys: dotted override keys, e.g. ['batch_size',
+      'loss_weights.word_region'].
   """
   path = config_path.split(':', 1)[0]
   config = load_config_file(path)

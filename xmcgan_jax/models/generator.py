@@ -140,7 +140,8 @@ class WordRegionAttention(nn.Module):
     b, height, width, _ = h.shape
     q = nn.Dense(self.text_dim, kernel_init=layers.kernel_init, dtype=self.dtype,
                  name='query')(h)
-    q = losses.l2_normalize(q.reshape(b, height * width, -1).astype(jnp.float32))
+    q = losses.l2_normalize(
+        q.reshape(b, height * width, -1).astype(jnp.float32))
     w = losses.l2_normalize(word_emb.astype(jnp.float32))
     scores = self.gamma * jnp.einsum('bre,bte->brt', q, w)
     scores = jnp.where(word_mask[:, None, :], scores, -1e9)

@@ -1,4 +1,4 @@
-"""Text features of a closed caption set, computed once and looked up in the step.
+"""Text features of a closed caption set: computed once, looked up in the step.
 
 The frozen text encoder is a pure function of the token ids, so where the
 training captions form a small closed set (Shapes: 144 distinct one-object

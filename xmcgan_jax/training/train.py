@@ -130,7 +130,8 @@ def _write_samples(writer, workdir: str, step: int, grids: Dict[str, Any],
     grid = visualize.make_grid(visualize.to_uint8(pixels), texts)
     images[f'samples/{name}'] = grid[None]
     visualize.save_png(
-        os.path.join(workdir, run_dir.SAMPLES_DIR, f'{name}_{step:08d}.png'), grid)
+        os.path.join(workdir, run_dir.SAMPLES_DIR, f'{name}_{step:08d}.png'),
+        grid)
   writer.write_images(step, images)
   writer.write_texts(step, {'samples/captions': ' | '.join(texts)})
 
@@ -212,7 +213,7 @@ def _step_text_encoder(config, text: text_encoder_lib.TextEncoder,
   the step runs on the batch's token ids: the text encoder itself, or with
   config.text_feature_table its features of every training caption,
   computed here once."""
-  if not config.get('text_feature_table', False):
+  if not config.text_feature_table:
     return text.features_fn(), text.params, None
   ids, mask = data.train_caption_tokens()
   table = feature_table.build(text.features_fn(), text.params, ids, mask)
