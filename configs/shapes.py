@@ -34,8 +34,8 @@ def get_config():
   # G never learns sides (docs/shapes.md).
   c.mirror_pairs = True
   c.text_encoder = 'all-MiniLM-L6-v2'  # Offline package, E = 384.
-  # The captions form a closed set (144 one-object captions): encode each
-  # once at start-up and look the features up in the step (equal up to
+  # The captions form a closed set (3,600: 144 objects in 25 wordings):
+  # encode each once at start-up and look the features up in the step (equal up to
   # float rounding; the encoder was 11-19% of the step, docs/performance.md).
   c.text_feature_table = True
   c.g_width = 8  # gf: G's widest block has 16 gf = 128 channels.

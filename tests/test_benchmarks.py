@@ -5,6 +5,7 @@ installed package), with one CPU device and a fresh HOME.
 """
 
 import csv
+import inspect
 import json
 import os
 import subprocess
@@ -192,3 +193,79 @@ def test_profile_step_times_every_part(tmp_path):
                'EMA of G', 'host:', 'input pipeline'):
     (row,) = [r for r in rows if r.startswith('| ' + part)]
     assert float(row.split('|')[2]) > 0, row
+
+
+def _sweep_config(train_size=16, eval_size=8):
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  config = common.load_config('tiny')
+  config.shapes_train_size, config.shapes_eval_size = train_size, eval_size
+  config.shapes_grid, config.shapes_max_objects = 2, 1
+  config.mirror_pairs, config.max_tokens = True, 16
+  return config
+
+
+def test_shapes_sweep_draws_mirror_pairs_as_the_pipeline(tmp_path):
+  """The harness' batches: real images, each followed by its mirror with the
+  pipeline's left/right-swapped caption; token rows as the tokenizer's."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from benchmarks import shapes_sweep  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  config = _sweep_config()
+  path = str(tmp_path / 'captions.npz')
+  shapes_sweep.export(config, path)
+  exported = np.load(path)
+  names = [str(n) for n in exported['captions']]
+  swapped = pipeline.swap_left_right(tf.constant(names)).numpy()
+  assert [names[i] for i in exported['swapped']] == [
+      s.decode() for s in swapped]
+  captions = shapes_sweep._Captions(path, config)
+  images = np.stack([shapes.make_example(0, 'train', i, 64, 2, 1)['image']
+                     for i in range(config.shapes_train_size)])
+  batch = next(shapes_sweep._Batches(config, captions, images, seed=0))
+  assert batch['image'].shape == (2, 8, 64, 64, 3)  # d_steps_per_g_step 2.
+  images_seen = batch['image'].reshape(16, 64, 64, 3)
+  rows = [int(np.flatnonzero((captions.ids == ids).all(-1))[0])
+          for ids in batch['token_ids'].reshape(16, -1)]
+  for k in range(0, 16, 2):
+    np.testing.assert_array_equal(images_seen[k + 1], images_seen[k][:, ::-1])
+    assert names[rows[k + 1]] == swapped[rows[k]].decode()
+    assert any(np.allclose(images_seen[k] * 255, image) for image in images)
+  # Eight records of a 16-record split: no record twice in one epoch.
+  firsts = {images_seen[k].tobytes() for k in range(0, 16, 2)}
+  assert len(firsts) == 8
+
+
+@pytest.mark.slow
+def test_shapes_sweep_runs_without_tensorflow(tmp_path):
+  """`shapes_sweep run` trains and scores a variant (its own steps=) with
+  TensorFlow, TFDS and clu unimportable, as on a GPU machine that lacks
+  them."""
+  from benchmarks import shapes_sweep  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / 'captions.npz')
+  shapes_sweep.export(_sweep_config(), data)
+  blocked = tmp_path / 'blocked'
+  for name in ('tensorflow', 'tensorflow_datasets', 'clu'):
+    (blocked / name).mkdir(parents=True)
+    (blocked / name / '__init__.py').write_text(
+        f'raise ImportError("{name} is blocked")\n')
+  config = tmp_path / 'sweep_config.py'
+  config.write_text(inspect.getsource(_sweep_config).replace(
+      '_sweep_config(train_size=16, eval_size=8)',
+      'get_config(train_size=16, eval_size=8)'))
+  env = _env(tmp_path)
+  env['PYTHONPATH'] = f'{blocked}{os.pathsep}{ROOT}'
+  out = tmp_path / 'out'
+  result = _run([sys.executable, '-m', 'benchmarks.shapes_sweep', 'run',
+                 f'--config={config}', f'--data={data}', f'--out={out}',
+                 '--steps=5', '--eval_at=1', '--eval_count=16',
+                 '--variant', 'nostem:g_stem_text=false,steps=2'], env, 900)
+  with open(out / 'results.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r['variant'], r['step']) for r in rows] == [
+      ('nostem', 1), ('nostem', 2)], result.stdout
+  assert all(0 <= r['object_accuracy'] <= 1 for r in rows)
+  assert rows[0]['real']['object_accuracy'] > 0.9  # The oracle reads reals.
+  assert rows[0]['g_stem_text'] == 'false'
+  assert '| nostem | 2 |' in result.stdout

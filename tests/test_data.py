@@ -12,6 +12,7 @@ from tests import fake_data
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import pipeline
 from xmcgan_jax.data import shapes
+from xmcgan_jax.data import shapes_builder
 from xmcgan_jax.eval import shapes_oracle
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 
@@ -84,9 +85,9 @@ def test_shapes_examples_are_deterministic_and_captions_match_truth(
 
 def test_shapes_grid_errors_name_the_problem():
   with pytest.raises(ValueError, match='grid=4'):
-    shapes.shapes_config(grid=4)
+    shapes_builder.shapes_config(grid=4)
   with pytest.raises(ValueError, match=r'max_objects=5 must be in \[1, 4\]'):
-    shapes.shapes_config(grid=2, max_objects=5)
+    shapes_builder.shapes_config(grid=2, max_objects=5)
   with pytest.raises(ValueError, match="'center' is not in the 2x2 grid"):
     shapes_oracle.cell_labels({'shape': ['circle'], 'colour': ['red'],
                                'size': ['small'], 'cell': ['center']}, 2)

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from xmcgan_jax import config_base
 from xmcgan_jax.data import localized_narratives
-from xmcgan_jax.data import shapes
+from xmcgan_jax.data import shapes_builder
 from xmcgan_jax import errors
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 
@@ -36,16 +36,16 @@ Batch = Dict[str, np.ndarray]
 
 def _shapes_builder(config, data_dir: Optional[str]
                     ) -> tfds.core.DatasetBuilder:
-  shapes_config = shapes.shapes_config(config.image_size,
+  shapes_config = shapes_builder.shapes_config(config.image_size,
                                        config.shapes_train_size,
                                        config.shapes_eval_size,
                                        grid=config.shapes_grid,
                                        max_objects=config.shapes_max_objects)
   # TFDS wants a predefined config by name, a custom one as an object.
-  predefined = [c.name for c in shapes.Shapes.BUILDER_CONFIGS]
+  predefined = [c.name for c in shapes_builder.Shapes.BUILDER_CONFIGS]
   if shapes_config.name in predefined:
     shapes_config = shapes_config.name
-  return shapes.Shapes(config=shapes_config, data_dir=data_dir)
+  return shapes_builder.Shapes(config=shapes_config, data_dir=data_dir)
 
 
 @dataclasses.dataclass(frozen=True)
