@@ -2,10 +2,12 @@
 
 import importlib.util
 import os
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
+
+from xmcgan_jax.text import feature_table
 
 
 def load_config(path: str):
@@ -34,6 +36,20 @@ def set_field(config, field: str, value: str) -> None:
     node[name] = float(value)
   else:
     node[name] = value
+
+
+def synthetic_token_batch(rng: np.random.Generator, shape: Sequence[int],
+                          max_tokens: int, text_dim: int
+                          ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(token_ids and token_mask, the feature table's params) of random text
+  features for a (d_steps, batch) batch: the step looks them up."""
+  text = synthetic_text_batch(rng, shape, max_tokens, text_dim)
+  flat = lambda x: x.reshape((-1,) + x.shape[len(shape):])
+  table, ids = feature_table.from_features(
+      flat(text['word_emb']), flat(text['sentence_emb']),
+      flat(text['word_mask']))
+  return ({'token_ids': ids.reshape(tuple(shape) + (max_tokens,)),
+           'token_mask': text['word_mask']}, table.params)
 
 
 def synthetic_text_batch(rng: np.random.Generator, shape: Sequence[int],

@@ -5,8 +5,9 @@
 Times, on the real text encoder of the config and the default's batch, each
 part of the step as its own compiled function (median of --steps calls after
 --warmup): the whole step as training runs it (token ids in, the text encoder
-inside), the step with text features given, the text encoder alone, G and D
-forward and forward+backward, each contrastive term forward+backward on
+inside), the step with the text features looked up
+(config.text_feature_table), the text encoder alone, G and D forward and
+forward+backward, each contrastive term forward+backward on
 realistic shapes, the spectral-norm power iterations, the two Adam updates
 and the EMA; then the input pipeline (next batch) and the training loop's
 host work around a step (sharding the batch, metrics kept on the device).
@@ -23,7 +24,6 @@ from typing import Callable, Dict, List
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from xmcgan_jax import losses
@@ -149,8 +149,6 @@ def main(argv=None) -> None:
   token_step = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh, step_config,
       text_encoder=text.features_fn())
-  feature_step = train_step_lib.make_train_step(
-      generator, discriminator, g_tx, d_tx, mesh, step_config)
 
   # A real batch of the config's input pipeline (data prepared on demand).
   tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
@@ -159,20 +157,12 @@ def main(argv=None) -> None:
       config.batch_size, config.d_steps_per_g_step, 0))
   batch = next(batches)
   batch.pop('next_position')
-  batch = {k: batch[k] for k in train_step_lib.TOKEN_BATCH_KEYS}
+  batch = {k: batch[k] for k in train_step_lib.BATCH_KEYS}
   frozen = {'text_encoder': parallel.replicate(text.params, mesh)}
   sharded = parallel.shard_batch(batch, mesh)
-  words, sentence = jax.jit(text.features_fn())(
-      text.params, batch['token_ids'].reshape(-1, config.max_tokens),
-      batch['token_mask'].reshape(-1, config.max_tokens))
-  lead = batch['token_ids'].shape[:2]
-  feature_batch = parallel.shard_batch({
-      'image': batch['image'],
-      'word_emb': np.asarray(words).reshape(lead + words.shape[1:]),
-      'sentence_emb': np.asarray(sentence).reshape(lead + sentence.shape[1:]),
-      'word_mask': batch['token_mask'].astype(bool)}, mesh)
 
-  # config.text_feature_table: every training caption's features, looked up.
+  # config.text_feature_table: every training caption's features, looked up
+  # (the step without the encoder's arithmetic).
   table = feature_table.build(text.features_fn(), text.params,
                               *data.train_caption_tokens())
   table_step = train_step_lib.make_train_step(
@@ -191,10 +181,9 @@ def main(argv=None) -> None:
   step_ms = _median_ms(run(token_step, sharded), args.steps, args.warmup)
   rows.append(['whole step (token ids in, text encoder inside)',
                f'{step_ms:.1f}', '100%'])
-  timed = {'whole step, text features given':
-               run(feature_step, feature_batch),
-           f'whole step, text feature table ({len(table.token_ids)} captions)':
-               run(table_step, sharded, table_frozen)}
+  timed = {
+      f'whole step, text feature table ({len(table.token_ids)} captions)':
+          run(table_step, sharded, table_frozen)}
   if not args.whole_step_only:
     # A copy: the steps above donate (delete) the state they are given.
     parts = _parts(config, text, generator, discriminator, batch,

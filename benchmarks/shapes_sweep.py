@@ -36,7 +36,6 @@ import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from xmcgan_jax import config_base

@@ -28,6 +28,7 @@ from benchmarks import common
 from xmcgan_jax import models
 from xmcgan_jax import parallel
 from xmcgan_jax.text import encoder as text_encoder_lib
+from xmcgan_jax.text import feature_table
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train_step as train_step_lib
 
@@ -55,7 +56,8 @@ def _make_step(config, text_dim: int, mesh, with_bert: bool):
   step = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
       builders.build_step_config(config),
-      text_encoder=encoder.features_fn() if encoder else None)
+      text_encoder=(encoder.features_fn() if encoder else
+                    feature_table.lookup_fn()))
   init = lambda mesh=None: train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
       mesh)
@@ -63,30 +65,34 @@ def _make_step(config, text_dim: int, mesh, with_bert: bool):
 
 
 def _synthetic_batch(config, text_dim: int, batch_size: int, encoder):
-  """A random (d_steps, batch_size, ...) numpy batch: token ids with an
-  encoder in the step, text features without."""
+  """(a random (d_steps, batch_size, ...) numpy batch, the step's text
+  params): random token ids for an encoder in the step, else token rows of
+  a table of random text features."""
   rng = np.random.default_rng(0)
   shape = (config.d_steps_per_g_step, batch_size)
-  batch = common.synthetic_text_batch(rng, shape, config.max_tokens, text_dim)
+  batch, text_params = common.synthetic_token_batch(
+      rng, shape, config.max_tokens, text_dim)
   if encoder:
-    batch = {'token_ids': rng.integers(1000, 20000, size=shape + (
-        config.max_tokens,)).astype(np.int32), 'token_mask': batch['word_mask']}
+    batch['token_ids'] = rng.integers(1000, 20000, size=shape + (
+        config.max_tokens,)).astype(np.int32)
+    text_params = encoder.params
   size = config.image_size
   batch['image'] = rng.random(shape + (size, size, 3), dtype=np.float32)
-  return batch
+  return batch, text_params
 
 
 def build(config, text_dim: int, mesh, with_bert: bool = False):
   """The step function, initial state, synthetic global batch, frozen params.
 
   With `with_bert` the step runs a BERT-base-shaped text encoder on token
-  ids, as training does; otherwise the batch carries text features.
+  ids, as training does; otherwise it looks random text features up
+  (config.text_feature_table's path).
   """
   step, init, encoder = _make_step(config, text_dim, mesh, with_bert)
   state = init(mesh)
-  batch = _synthetic_batch(config, text_dim, config.batch_size, encoder)
-  frozen = ({'text_encoder': parallel.replicate(encoder.params, mesh)}
-            if encoder else {})
+  batch, text_params = _synthetic_batch(config, text_dim, config.batch_size,
+                                        encoder)
+  frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   return step, state, parallel.shard_batch(batch, mesh), frozen
 
 
@@ -112,10 +118,9 @@ def model_tflop(config, text_dim: int, n_devices: int,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       tree)
   state = abstract(jax.eval_shape(init), replicated)
-  batch = abstract(_synthetic_batch(config, text_dim, per_device, encoder),
-                   sharded)
-  frozen = ({'text_encoder': abstract(encoder.params, replicated)}
-            if encoder else {})
+  batch, text_params = _synthetic_batch(config, text_dim, per_device, encoder)
+  batch = abstract(batch, sharded)
+  frozen = {'text_encoder': abstract(text_params, replicated)}
   compiled, lower_s, compile_s = lower_and_compile(step, state, batch, frozen)
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):

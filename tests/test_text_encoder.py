@@ -235,7 +235,7 @@ def test_safetensors_dtypes_and_a_corrupt_file(tmp_path):
 
 
 def test_train_step_runs_the_encoder_on_token_ids():
-  """Token ids through the in-step encoder == precomputed features."""
+  """Token ids through the in-step encoder == through its feature table."""
   config = te.BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16,
                          num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=16)
@@ -252,21 +252,20 @@ def test_train_step_runs_the_encoder_on_token_ids():
   rng = np.random.default_rng(0)
   ids, mask = _batch_with_padding(len(TINY_VOCAB), batch=3, length=6)
   ids, mask = np.tile(ids, (3, 1))[:8][None], np.tile(mask, (3, 1))[:8][None]
-  images = rng.random((1, 8, 64, 64, 3), dtype=np.float32)
-  words, sentence = encoder.encode(ids[0], mask[0])
+  batch = {'image': rng.random((1, 8, 64, 64, 3), dtype=np.float32),
+           'token_ids': ids, 'token_mask': mask}
   state0 = ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx, mesh)
   init = lambda: jax.tree.map(jnp.copy, state0)  # The step donates its input.
-  with_tokens = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config,
-                                   text_encoder=encoder.features_fn())
+  with_encoder = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config,
+                                    encoder.features_fn())
   with pytest.raises(ValueError, match='token_ids'):
-    with_tokens(init(), {'image': images}, {'text_encoder': params})
-  state_a, metrics_a = with_tokens(
-      init(), {'image': images, 'token_ids': ids, 'token_mask': mask},
-      {'text_encoder': params})
-  precomputed = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config)
-  state_b, metrics_b = precomputed(
-      init(), {'image': images, 'word_emb': np.asarray(words)[None],
-               'sentence_emb': np.asarray(sentence)[None], 'word_mask': mask})
+    with_encoder(init(), {'image': batch['image']}, {'text_encoder': params})
+  state_a, metrics_a = with_encoder(init(), batch, {'text_encoder': params})
+  table = feature_table.build(encoder.features_fn(), params, ids[0], mask[0])
+  with_table = ts.make_train_step(g, d, g_tx, d_tx, mesh, step_config,
+                                  feature_table.lookup_fn())
+  state_b, metrics_b = with_table(init(), batch,
+                                  {'text_encoder': table.params})
   # Two programs round differently, and Adam's first step divides each
   # gradient by its own size: a 1e-6 difference in a tiny gradient moves
   # that parameter by up to ~lr (seen: 5e-6 in 1 of 36,864 at lr 1e-4).
@@ -356,3 +355,21 @@ def test_feature_table_equals_the_encoder_and_names_a_missing_caption():
   unknown[1, 1] = (unknown[1, 1] + 1) % len(TINY_VOCAB)
   with pytest.raises(ValueError, match="'a red circle'.*text_feature_table"):
     table.check(unknown, batch_mask, ['x', 'a red circle', 'y', 'z'])
+
+
+def test_feature_table_from_features_keys_each_row():
+  """Features computed elsewhere: each row gets its own token ids, and the
+  lookup gives that row's features back (padding never decides a row)."""
+  rng = np.random.default_rng(2)
+  mask = np.arange(5)[None] < np.array([5, 1, 3])[:, None]
+  words = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  sentence = rng.normal(size=(3, 4)).astype(np.float32)
+  table, ids = feature_table.from_features(words, sentence, mask)
+  order = [2, 0, 1, 2]
+  got_words, got_sentence = feature_table.lookup_fn()(
+      table.params, ids[order], mask[order])
+  np.testing.assert_array_equal(np.asarray(got_words), words[order])
+  np.testing.assert_array_equal(np.asarray(got_sentence), sentence[order])
+  table.check(ids, mask)
+  with pytest.raises(ValueError, match='real token'):
+    feature_table.from_features(words, sentence, mask & False)

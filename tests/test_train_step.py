@@ -10,6 +10,7 @@ import fake_data
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
 from xmcgan_jax import parallel
+from xmcgan_jax.text import feature_table
 from xmcgan_jax.training import train_step as ts
 
 SIZE, E, T, Z, B = 64, 16, 6, 8, 16  # B: global batch per sub-step.
@@ -23,6 +24,7 @@ def _models():
 
 
 def _batch(seed=0, d_steps=2):
+  """(batch, frozen): token rows whose random features a table holds."""
   rng = np.random.default_rng(seed)
   lengths = rng.integers(2, T + 1, size=(d_steps, B, 1))
   # Real images: smooth colour fields that depend on the caption, so that
@@ -32,9 +34,13 @@ def _batch(seed=0, d_steps=2):
   colour = 1 / (1 + np.exp(-sentence[..., :3]))
   images = colour[:, :, None, None, :] * (0.5 + 0.5 * np.sin(
       6 * xx + 3 * yy))[None, None, :, :, None]
-  return {'image': images.astype(np.float32), 'sentence_emb': sentence,
-          'word_emb': rng.normal(size=(d_steps, B, T, E)).astype(np.float32),
-          'word_mask': np.arange(T)[None, None] < lengths}
+  mask = np.arange(T)[None, None] < lengths
+  words = rng.normal(size=(d_steps, B, T, E)).astype(np.float32)
+  table, ids = feature_table.from_features(
+      words.reshape(-1, T, E), sentence.reshape(-1, E), mask.reshape(-1, T))
+  batch = {'image': images.astype(np.float32),
+           'token_ids': ids.reshape(d_steps, B, T), 'token_mask': mask}
+  return batch, {'text_encoder': table.params}
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,7 +50,8 @@ def _step(n_devices, negatives, bn_group='global'):
   mesh = parallel.make_mesh(jax.devices()[:n_devices])
   config = fake_data.step_config(contrastive_negatives=negatives,
                                  bn_group=bn_group)
-  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
+  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config,
+                            feature_table.lookup_fn())
   init = lambda: ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, d_tx,
                                        mesh)
   return step, init
@@ -65,11 +72,11 @@ def _assert_close(got, want, rtol):
 
 @pytest.fixture(scope='module')
 def one_step_states():
-  batch = _batch()
+  batch, frozen = _batch()
   out = {}
   for key in [(8, 'global'), (1, 'global'), (8, 'local')]:
     step, init = _step(*key)
-    state, metrics = step(init(), batch)
+    state, metrics = step(init(), batch, frozen)
     out[key] = (_leaves(state), {k: float(v) for k, v in metrics.items()})
   return out
 
@@ -105,10 +112,10 @@ def test_compiles_once_and_learns():
   """Repeated calls reuse one executable; D's hinge loss falls, no NaN."""
   step, init = _step(8, 'global')
   state = init()
-  batch = _batch(seed=1)
+  batch, frozen = _batch(seed=1)
   d_adv = []
   for _ in range(30):
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, frozen)
     d_adv.append(float(metrics['d_adversarial']))
     assert all(np.isfinite(float(v)) for v in metrics.values())
   assert step.jitted._cache_size() == 1  # pylint: disable=protected-access
@@ -123,10 +130,11 @@ def test_switched_off_terms_are_not_computed():
   config = fake_data.step_config(**{
       'd_steps_per_g_step': 1, 'loss_weights.word_region': 0.0,
       'loss_weights.image_d': 0.0})
-  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config)
+  step = ts.make_train_step(g, d, g_tx, d_tx, mesh, config,
+                            feature_table.lookup_fn())
   state = ts.create_train_state(jax.random.PRNGKey(1), g, d, g_tx, d_tx, mesh)
-  batch = jax.tree.map(lambda x: x[:1], _batch())
-  _, metrics = step(state, batch)
+  batch, frozen = _batch()
+  _, metrics = step(state, jax.tree.map(lambda x: x[:1], batch), frozen)
   assert 'd_word_region' not in metrics and 'g_image_d' not in metrics
   assert 'g_sentence' in metrics
 
@@ -134,13 +142,17 @@ def test_switched_off_terms_are_not_computed():
 def test_bad_batches_and_configs_are_named():
   step, init = _step(8, 'global')
   state = init()
-  batch = _batch()
-  with pytest.raises(ValueError, match='word_emb'):
-    step(state, dict(batch, word_emb=batch['word_emb'][..., :-1]))
+  batch, frozen = _batch()
+  with pytest.raises(ValueError, match='token_ids'):
+    step(state, dict(batch, token_ids=batch['token_ids'][..., :-1]), frozen)
+  with pytest.raises(ValueError, match='token_mask'):
+    step(state, {k: batch[k] for k in ('image', 'token_ids')}, frozen)
+  with pytest.raises(ValueError, match='text_encoder'):
+    step(state, batch, {})
   with pytest.raises(ValueError, match='divisible'):
-    step(state, jax.tree.map(lambda x: x[:, :12], batch))
+    step(state, jax.tree.map(lambda x: x[:, :12], batch), frozen)
   with pytest.raises(ValueError, match='d_steps_per_g_step'):
-    step(state, jax.tree.map(lambda x: x[:1], batch))
+    step(state, jax.tree.map(lambda x: x[:1], batch), frozen)
   with pytest.raises(ValueError, match='contrastive_negatives'):
     fake_data.step_config(contrastive_negatives='cross')
   with pytest.raises(ValueError, match='bn_group'):

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from xmcgan_jax import config_base
+from xmcgan_jax import data
 from xmcgan_jax.data import localized_narratives
 from xmcgan_jax.data import shapes_builder
 from xmcgan_jax import errors
@@ -150,9 +151,10 @@ class SkipCounter:
 def _decode(encoded: tf.Tensor, counter: SkipCounter):
   """Decodes an image to (H, W, 3) uint8; (1, 1, 3) zeros and False if bad."""
 
-  def decode(data):
+  def decode(encoded_bytes):
     try:
-      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+      image = tf.io.decode_image(encoded_bytes, channels=3,
+                                 expand_animations=False)
       if image.shape[0] and image.shape[1]:
         return image, True
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
@@ -301,8 +303,9 @@ class InputPipeline:
         batch a resumed run had used).
 
     Returns:
-      A dataset of dicts: image (d_steps, b, S, S, 3) float32, token_ids and
-      token_mask (d_steps, b, T), next_position () int64.
+      A dataset of dicts: data.TRAIN_BATCH_KEYS (image (d_steps, b, S, S, 3)
+      float32, token_ids and token_mask (d_steps, b, T)) and next_position
+      () int64, the record to resume from.
     """
     split = self._split(self.spec.train_split)
     raw = self._raw(split)
@@ -337,10 +340,9 @@ class InputPipeline:
     def to_steps(batch):
       shape = lambda x: tf.reshape(
           x, tf.concat([[d_steps, per_process_batch], tf.shape(x)[1:]], 0))
-      return {'image': shape(batch['image']),
-              'token_ids': shape(batch['token_ids']),
-              'token_mask': shape(batch['token_mask']),
-              'next_position': tf.reduce_max(batch['position']) + 1}
+      steps = {k: shape(batch[k]) for k in data.TRAIN_BATCH_KEYS}
+      steps['next_position'] = tf.reduce_max(batch['position']) + 1
+      return steps
 
     return ds.map(to_steps, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 

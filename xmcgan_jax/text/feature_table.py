@@ -101,6 +101,35 @@ def build(features: TextFeaturesFn, params, token_ids: np.ndarray,
                       np.concatenate(words), np.concatenate(sentence))
 
 
+def from_features(words: np.ndarray, sentence: np.ndarray,
+                  token_mask: np.ndarray) -> Tuple[FeatureTable, np.ndarray]:
+  """A table of text features computed elsewhere, with made-up token rows.
+
+  For features that do not come from a tokenizer and encoder in this run
+  (cached to disk, or synthetic in tests and benchmarks): row i gets the
+  token ids i + 1 on its mask, so the step's batch names each caption by
+  its row and looks its features up.
+
+  Args:
+    words: (N, T, E) word features.
+    sentence: (N, E) sentence features.
+    token_mask: (N, T) bool, at least one True per row.
+
+  Returns:
+    (the FeatureTable, the (N, T) int32 token ids to put in batches).
+  """
+  token_mask = np.asarray(token_mask, bool)
+  if not token_mask.any(axis=-1).all():
+    raise ValueError('Every row of token_mask needs a real token.')
+  ids = np.broadcast_to(np.arange(1, len(token_mask) + 1, dtype=np.int32)[
+      :, None], token_mask.shape)
+  ids = np.where(token_mask, ids, 0).astype(np.int32)
+  table = FeatureTable(np.where(token_mask, ids, -1).astype(np.int32),
+                       np.asarray(words, np.float32),
+                       np.asarray(sentence, np.float32))
+  return table, ids
+
+
 def lookup_fn() -> TextFeaturesFn:
   """The step's text encoder over a FeatureTable's params.
 

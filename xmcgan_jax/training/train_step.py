@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from xmcgan_jax import config_base
+from xmcgan_jax import data
 from xmcgan_jax import objectives
 from xmcgan_jax import parallel
 from xmcgan_jax.models import generator as generator_lib
@@ -40,9 +41,7 @@ ImageEncoderFn = Callable[[Any, jax.Array], jax.Array]
 TextEncoderFn = Callable[[Any, jax.Array, jax.Array],
                          Tuple[jax.Array, jax.Array]]
 
-# Batch keys with precomputed text features, and with token ids.
-BATCH_KEYS = ('image', 'sentence_emb', 'word_emb', 'word_mask')
-TOKEN_BATCH_KEYS = ('image', 'token_ids', 'token_mask')
+BATCH_KEYS = data.TRAIN_BATCH_KEYS  # What the step takes (see there).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +128,8 @@ def _bn_axis(bn_group: Union[str, int], local_batch: int, n_devices: int
 
 
 def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
-                 mesh: Mesh, keys: Tuple[str, ...]) -> None:
-  missing = [k for k in keys if k not in batch]
+                 mesh: Mesh) -> None:
+  missing = [k for k in BATCH_KEYS if k not in batch]
   if missing:
     raise ValueError(f'Batch lacks {missing}; it has {sorted(batch)}.')
   lead = batch['image'].shape[:2]
@@ -140,12 +139,9 @@ def _check_batch(batch: Batch, generator: nn.Module, d_steps: int,
         f'(d_steps_per_g_step={d_steps}, batch, H, W, 3).')
   size = generator.image_size
   want = {'image': lead + (size, size, 3),
-          'sentence_emb': lead + (generator.text_dim,),
-          'word_emb': lead + (generator.max_tokens, generator.text_dim),
-          'word_mask': lead + (generator.max_tokens,),
           'token_ids': lead + (generator.max_tokens,),
           'token_mask': lead + (generator.max_tokens,)}
-  for key in keys:
+  for key in BATCH_KEYS:
     shape = want[key]
     if tuple(batch[key].shape) != shape:
       raise ValueError(f'batch[{key!r}] has shape {tuple(batch[key].shape)}, '
@@ -308,9 +304,8 @@ def _per_device_step(nets: Networks, g_tx, d_tx, config: StepConfig,
 def make_train_step(generator: nn.Module, discriminator: nn.Module,
                     g_tx: optax.GradientTransformation,
                     d_tx: optax.GradientTransformation, mesh: Mesh,
-                    config: StepConfig,
-                    image_encoder: Optional[ImageEncoderFn] = None,
-                    text_encoder: Optional[TextEncoderFn] = None
+                    config: StepConfig, text_encoder: TextEncoderFn,
+                    image_encoder: Optional[ImageEncoderFn] = None
                     ) -> Callable[..., Tuple[TrainState, Metrics]]:
   """Builds the compiled train step.
 
@@ -319,17 +314,17 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     g_tx, d_tx: optimizers matching the state's optimizer states.
     mesh: the 1-D data mesh.
     config: step hyperparameters.
+    text_encoder: the frozen text features of the batch's token rows, called
+      inside the step with `frozen['text_encoder']`: the encoder itself, or
+      a text/feature_table lookup (features computed once, or elsewhere).
     image_encoder: frozen pretrained image feature function for the
       `image_pretrained` term, called with `frozen['image_encoder']`.
-    text_encoder: frozen text encoder run inside the step on the batch's
-      token ids, called with `frozen['text_encoder']`. Without it the batch
-      carries precomputed text features.
 
   Returns:
-    step(state, batch, frozen=None) -> (new_state, metrics). `batch` maps
-    TOKEN_BATCH_KEYS (with a text encoder) or BATCH_KEYS (without) to arrays
-    shaped (d_steps_per_g_step, global_batch, ...);
-    `frozen` holds the parameters of frozen encoders. The state is donated.
+    step(state, batch, frozen) -> (new_state, metrics). `batch` maps
+    BATCH_KEYS (data.TRAIN_BATCH_KEYS) to arrays shaped
+    (d_steps_per_g_step, global_batch, ...); `frozen` holds the parameters
+    of the frozen encoders. The state is donated.
     Metrics are float32 scalars of the global batch.
   """
   use_pretrained = bool(config.loss.weights.image_pretrained) and (
@@ -337,10 +332,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
   n_devices = mesh.shape[parallel.DATA_AXIS]
 
   def per_device(state: TrainState, batch: Batch, z: jax.Array, frozen):
-    if text_encoder is not None:
-      batch = dict(batch, **_encode_text(text_encoder, frozen['text_encoder'],
-                                         batch['token_ids'],
-                                         batch['token_mask']))
+    batch = _encode_text(text_encoder, frozen['text_encoder'], batch)
     bn_axis, bn_size = _bn_axis(config.bn_group, batch['image'].shape[1],
                                 n_devices)
     nets = Networks(generator.clone(bn_axis_name=bn_axis,
@@ -358,15 +350,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
       # Per-device semantics as documented in losses.py: replicated inputs are
       # plain per-device values and we pmean gradients ourselves.
       check_vma=False)
-  keys = BATCH_KEYS if text_encoder is None else TOKEN_BATCH_KEYS
   d_steps = config.d_steps_per_g_step
 
   def step(state: TrainState, batch: Batch, frozen):
-    _check_batch(batch, generator, d_steps, mesh, keys)
-    if text_encoder is not None and 'text_encoder' not in frozen:
-      raise ValueError("A step with a text encoder needs its params in "
+    _check_batch(batch, generator, d_steps, mesh)
+    if 'text_encoder' not in frozen:
+      raise ValueError("The step needs the text encoder's params in "
                        "frozen['text_encoder'].")
-    batch = {k: batch[k] for k in keys}
+    batch = {k: batch[k] for k in BATCH_KEYS}
     # z of the global batch from (rng, step), outside the shard_map: the
     # result does not depend on the number of devices.
     key = jax.random.fold_in(state.rng, state.step)
@@ -378,20 +369,22 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
 
   jitted = jax.jit(step, donate_argnums=0)
 
-  def train_step(state: TrainState, batch: Batch, frozen=None):
-    return jitted(state, batch, {} if frozen is None else frozen)
+  def train_step(state: TrainState, batch: Batch, frozen):
+    return jitted(state, batch, frozen)
 
   train_step.jitted = jitted  # For cache inspection and lowering.
   return train_step
 
 
-def _encode_text(encoder: TextEncoderFn, params, token_ids: jax.Array,
-                 token_mask: jax.Array) -> Dict[str, jax.Array]:
-  """Text features of (d_steps, b, T) tokens, all sub-batches in one pass."""
+def _encode_text(encoder: TextEncoderFn, params, batch: Batch
+                 ) -> Dict[str, jax.Array]:
+  """The sub-batches as G and D take them: image, word_emb, sentence_emb,
+  word_mask, each (d_steps, b, ...); all sub-batches encoded in one pass."""
+  token_ids, token_mask = batch['token_ids'], batch['token_mask']
   lead = token_ids.shape[:2]
   flat = lambda x: x.reshape((-1,) + x.shape[2:])
   words, sentence = encoder(params, flat(token_ids), flat(token_mask))
-  mask = token_mask.astype(bool)
-  return {'word_emb': words.reshape(lead + words.shape[1:]),
+  return {'image': batch['image'],
+          'word_emb': words.reshape(lead + words.shape[1:]),
           'sentence_emb': sentence.reshape(lead + sentence.shape[1:]),
-          'word_mask': mask}
+          'word_mask': token_mask.astype(bool)}
