@@ -214,6 +214,7 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   assert set(evaluated[0]['caption'][:4]) == want
   # The eval job's view: captions, streamed uint8 images, cached statistics.
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval.metrics import fid_is  # pylint: disable=g-import-not-at-top
   config.eval_batch_size = 3
   config.fid_stats_dir = str(tmp_path / 'stats')
   config.fid_resize = 'pytorch_fid'
@@ -227,13 +228,14 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   assert [b.shape for b in batches] == [(3, 64, 64, 3), (1, 64, 64, 3)]
   assert all(b.dtype == np.uint8 for b in batches)
   mean_colour = lambda x: (x.reshape(len(x), -1, 3).mean(axis=1), x[:, :1, 0, 0])
-  mu, _ = evaluate.real_statistics(config, mean_colour, 'fake', len(texts),
-                                   images())
+  mu, _ = fid_is.real_statistics(config, mean_colour, 'fake', len(texts),
+                                 images())
   np.testing.assert_allclose(mu, np.concatenate(batches).reshape(
       4, -1, 3).mean(axis=(0, 1)), rtol=1e-6)
   cached = list((tmp_path / 'stats').glob('coco_val_test_restval_64px_4_fake_pytorch_fid.npz'))
   assert len(cached) == 1
-  again, _ = evaluate.real_statistics(config, None, 'fake', len(texts), iter([]))
+  again, _ = fid_is.real_statistics(config, None, 'fake', len(texts),
+                                    iter([]))
   np.testing.assert_array_equal(again, mu)
 
 

@@ -51,3 +51,42 @@ def test_r_precision_perfect_and_random_encoders():
   assert 0.0 <= chance < 0.04  # 1 in 100 expected.
   with pytest.raises(ValueError, match='more than 99'):
     r_precision.r_precision(texts[:50], texts[:50])
+
+
+def test_cmmd_mmd_matches_the_reference_formula():
+  """MMD^2 of the CMMD reference: Gaussian RBF (sigma 10), means over all
+  pairs with the diagonal included, times 1000; zero for equal sets."""
+  from xmcgan_jax.eval.metrics import cmmd  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(7, 5)), rng.normal(size=(9, 5)) + 0.5
+  k = lambda a, b: np.exp(-np.array([[np.sum((p - q) ** 2) for q in b]
+                                     for p in a]) / (2 * 10.0**2)).mean()
+  want = 1000 * (k(x, x) + k(y, y) - 2 * k(x, y))
+  assert cmmd.mmd(x, y) == pytest.approx(want, rel=1e-9)
+  assert cmmd.mmd(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cmmd_bicubic_resize_matches_torch():
+  torch = pytest.importorskip('torch')
+  from xmcgan_jax.eval.metrics import cmmd  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(1).random((2, 8, 6, 3)).astype(np.float32)
+  want = torch.nn.functional.interpolate(
+      torch.from_numpy(images.transpose(0, 3, 1, 2)), size=(13, 13),
+      mode='bicubic').permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(cmmd.resize_bicubic(images, 13), want,
+                             atol=1e-5)
+
+
+def test_prdc_hand_example():
+  """k = 1 on points of a line, counted by hand."""
+  from xmcgan_jax.eval.metrics import prdc  # pylint: disable=g-import-not-at-top
+  real = np.array([[0.0], [1.0], [3.0]])  # Radii (k=1): 1, 1, 2.
+  fake = np.array([[0.5], [10.0], [11.0]])  # Radii: 9.5, 1, 1.
+  got = prdc.prdc(real, fake, k=1)
+  # 0.5 lies in the balls of 0 and 1 (strictly), 10 and 11 in none.
+  assert got['precision'] == pytest.approx(1 / 3)
+  assert got['density'] == pytest.approx(2 / 3)
+  # Every real point lies within 9.5 of 0.5.
+  assert got['recall'] == pytest.approx(1.0)
+  # Nearest fake: 0 -> 0.5 (< 1), 1 -> 0.5 (< 1), 3 -> 2.5 (not < 2).
+  assert got['coverage'] == pytest.approx(2 / 3)

@@ -55,6 +55,13 @@ def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   # Hugging Face CLIP directory (e.g. openai/clip-vit-base-patch32): adds
   # CLIP score and CLIP R-precision; '' = off.
   c.clip_weights = ''
+  # Metric families of the eval job (eval/metrics): 'fid', 'clip',
+  # 'shapes_oracle', 'cmmd', 'prdc'. () = those the weights above enable,
+  # and the oracle on Shapes.
+  c.eval_metrics = ()
+  # Hugging Face directory of openai/clip-vit-large-patch14-336 for 'cmmd'.
+  c.cmmd_clip_weights = ''
+  c.prdc_k = 5  # Nearest neighbours of 'prdc' (5 as published).
 
 
 def get_base_config() -> ml_collections.ConfigDict:

@@ -453,7 +453,12 @@ class Clip:
 
   def embed_images(self, images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, projection_dim), not normalised."""
-    return self._images(preprocess(images, self.config.image_size))[0]
+    return self.embed_pixels(preprocess(images, self.config.image_size))
+
+  def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    """Preprocessed (N, S, S, 3) float32 (S = config.image_size, CLIP's
+    mean/std applied) -> (N, projection_dim), not normalised."""
+    return self._images(pixels)[0]
 
   def embed_texts(self, captions: Sequence[str]) -> np.ndarray:
     """N captions -> (N, projection_dim), not normalised."""

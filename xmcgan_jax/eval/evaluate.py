@@ -5,22 +5,17 @@
 For each checkpoint it evaluates (the newest; with --eval_poll it keeps
 waiting for new ones until the run's last step), raw G and EMA G (EMA with
 standing BatchNorm statistics) each generate `eval_num_samples` images from
-the eval split's captions with fixed noise, then:
-  - with `inception_weights`: FID against the real eval images (statistics
-    cached per dataset, split, resolution, count and resize, with their
-    provenance) and the Inception Score (10 splits), as pytorch-fid (or,
-    with fid_resize='clean', clean-fid) and improved-GAN compute them;
-  - with `clip_weights`: CLIP score (torchmetrics' 100 * max(cos, 0) and the
-    raw mean cosine) and CLIP R-precision, also for the real images (the
-    ceiling);
-  - on Shapes: the oracle's caption alignment, its Frechet distance, and
-    R-precision with the oracle as image-text encoder.
-Results go to TensorBoard (WORKDIR/eval) and to WORKDIR/eval/results.jsonl
+the eval split's captions with fixed noise, and the metric plug-ins of
+config.eval_metrics score them (eval/metrics: 'fid' FID and IS, 'clip' CLIP
+score and R-precision, 'shapes_oracle' Shapes caption alignment, 'cmmd'
+CMMD, 'prdc' precision/recall/density/coverage; by default those whose
+weights the config names, and the oracle on Shapes). Real-image statistics
+are cached per metric, dataset, split, resolution, count, weights and
+resize. Results go to TensorBoard (WORKDIR/eval) and to WORKDIR/eval/results.jsonl
 and results.csv, one row per checkpoint.
 """
 
 import csv
-import datetime
 import io
 import json
 import os
@@ -33,13 +28,9 @@ import numpy as np
 import tensorflow as tf
 from clu import metric_writers
 
-from xmcgan_jax import config_base
 from xmcgan_jax.data import pipeline
 from xmcgan_jax import errors
-from xmcgan_jax.eval import clip as clip_lib
-from xmcgan_jax.eval import fid
-from xmcgan_jax.eval import inception
-from xmcgan_jax.eval import r_precision
+from xmcgan_jax.eval import metrics
 from xmcgan_jax.eval import shapes_oracle
 from xmcgan_jax import run_dir
 from xmcgan_jax.sampling import sample as sample_lib
@@ -48,10 +39,6 @@ from xmcgan_jax.text import tokenizer as tokenizer_lib
 
 RESULTS_JSONL = 'results.jsonl'
 RESULTS_CSV = 'results.csv'
-_RESIZE_PROVENANCE = {
-    'pytorch_fid': 'bilinear to 299 (pytorch-fid)',
-    'clean': 'PIL bicubic with antialias to 299, float (clean-fid clean)',
-}
 
 
 class EvalSet(NamedTuple):
@@ -104,67 +91,20 @@ def eval_set(config, count: int,
   return EvalSet(captions, tokens, images, None)
 
 
-def real_statistics(config, features: Callable[[np.ndarray], Tuple[
-    np.ndarray, np.ndarray]], weights_digest: str, count: int, images: Iterator[np.ndarray]
-                    ) -> Tuple[np.ndarray, np.ndarray]:
-  """Inception (mu, sigma) of the real eval images, cached with provenance.
-
-  The cache file name holds everything the numbers depend on: dataset,
-  split, resolution, image count, the Inception weights' digest and the
-  resize (config.fid_resize).
-  """
-  split = pipeline.DATASETS[config.dataset].eval_split.replace('+', '_')
-  resize = config.fid_resize
-  name = (f'{config.dataset}_{split}_{config.image_size}px_{count}_'
-          f'{weights_digest[:8]}_{resize}.npz')
-  cache_dir = config.fid_stats_dir or os.path.join(
-      os.path.expanduser('~'), '.cache', 'xmcgan_jax', 'fid_stats')
-  path = os.path.join(cache_dir, name)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      cached = np.load(io.BytesIO(f.read()))
-      logging.info('Real statistics from %s (%s).', path,
-                   cached['provenance'])
-      return cached['mu'], cached['sigma']
-  pools = [features(batch)[0] for batch in images]
-  pool = np.concatenate(pools)
-  mu, sigma = fid.statistics(pool)
-  provenance = json.dumps({
-      'dataset': config.dataset, 'split': split, 'image_size':
-      config.image_size, 'images': len(pool), 'inception_sha256':
-      weights_digest, 'resize': 'dataset pipeline to image_size, uint8, then '
-      + _RESIZE_PROVENANCE[resize], 'created':
-      datetime.datetime.now(datetime.timezone.utc).isoformat()})
-  tf.io.gfile.makedirs(cache_dir)
-  buffer = io.BytesIO()
-  np.savez(buffer, mu=mu, sigma=sigma, provenance=np.array(provenance))
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buffer.getvalue())
-  logging.info('Wrote real statistics %s.', path)
-  return mu, sigma
-
-
-def _weights_digest(path: str) -> str:
-  with open(path, 'rb') as f:
-    data = np.load(f)
-    if 'meta/source_sha256' in data.files:
-      return str(data['meta/source_sha256'])
-  from xmcgan_jax.eval import convert_inception  # pylint: disable=g-import-not-at-top
-  return convert_inception.sha256(path)
-
-
 class Evaluator:
   """Evaluates checkpoints of one run with fixed captions, noise and metrics.
 
+  The metrics are the plug-ins of config.eval_metrics (eval/metrics), built
+  once here, before any image is generated.
+
   Args:
     workdir: the training run's directory.
-    config: its config (default WORKDIR/config.json); eval_* fields,
-      inception_weights, fid_resize, fid_stats_dir and clip_weights set the
-      protocol.
-    features: uint8 images -> (FID features, IS class probabilities);
-      default: the FID Inception of config.inception_weights.
-    features_digest: names `features` in the real-statistics cache (default:
-      the Inception weights' SHA-256).
+    config: its config (default WORKDIR/config.json); eval_* fields and the
+      metrics' weight fields set the protocol.
+    features: uint8 images -> (FID features, IS class probabilities), in
+      place of the FID Inception of config.inception_weights ('fid' and
+      'prdc').
+    features_digest: names `features` in the real-statistics cache.
   """
 
   def __init__(self, workdir: str, config=None,
@@ -175,45 +115,18 @@ class Evaluator:
     self.config = run_dir.resolve_config(
         config or run_dir.read_config(workdir))
     c = self.config
-    count = c.eval_num_samples
-    examples = eval_set(c, count)
+    examples = eval_set(c, c.eval_num_samples)
     self.captions, self.tokens = examples.captions, examples.tokens
-    real_images, self.truth = examples.images, examples.truth
-    self.oracle = None
-    self.inception = None
-    # Loaded first: a bad CLIP directory fails before the slow parts.
-    self.clip = (clip_lib.Clip(c.clip_weights, c.eval_batch_size)
-                 if c.clip_weights else None)
-    self._sampler = None  # Made by the first evaluate() call.
-    if c.dataset == 'shapes':
-      self.oracle = shapes_oracle.ShapesOracle.load_or_train(
-          os.path.join(workdir, shapes_oracle.oracle_file_name(c.shapes_grid)),
-          image_size=c.image_size, grid=c.shapes_grid)
-      # Caption embeddings for R-precision: fixed, so computed once.
-      self.caption_embeddings = shapes_oracle.OracleImageTextEncoder(
-          self.oracle).embed_texts(self.captions)
-      self.real_oracle_labels, real_features = self.oracle.predict(
-          np.concatenate(list(real_images())))
-      self.real_oracle_stats = fid.statistics(real_features)
-    if features is None and c.inception_weights:
-      features = inception.InceptionFeatures.from_npz(
-          c.inception_weights, c.eval_batch_size, resize=c.fid_resize)
-      features_digest = _weights_digest(c.inception_weights)
+    options, chosen = {}, list(c.eval_metrics)
     if features is not None:
-      self.inception = features
-      self.real_stats = real_statistics(c, features, features_digest,
-                                        len(self.captions), real_images())
-    elif self.oracle is None and self.clip is None:
-      raise errors.ConfigError(
-          'config.inception_weights and config.clip_weights are empty: FID/IS '
-          'need the FID Inception weights, CLIP metrics a CLIP directory (see '
-          'README, Evaluation); only Shapes runs can be evaluated without '
-          'either.')
-    if self.clip is not None:  # Fixed: caption embeddings and the ceiling.
-      self.clip_captions = self.clip.embed_texts(self.captions)
-      self.real_clip = clip_lib.clip_metrics(
-          np.concatenate([self.clip.embed_images(b) for b in real_images()]),
-          self.clip_captions, seed=config_base.data_seed(c))
+      options = {'fid_features': features,
+                 'fid_features_digest': features_digest or 'custom'}
+      if not chosen:  # A features function given through the API: FID.
+        chosen = sorted(set(metrics.default_metrics(c)) | {'fid'})
+    self.metrics = metrics.build(metrics.EvalInputs(
+        c, workdir, self.captions, examples.images, examples.truth, options),
+                                 chosen)
+    self._sampler = None  # Made by the first evaluate() call.
 
   def evaluate(self, step: Optional[int] = None) -> Dict[str, float]:
     """Metrics of raw and EMA G at a checkpoint step (default: newest)."""
@@ -227,49 +140,16 @@ class Evaluator:
     out = {'step': sampler.step}
     ids, mask = self.tokens or sampler.tokenize(self.captions)
     for name, ema in (('raw', False), ('ema', True)):
-      labels, oracle_features, pools, probs, clip_images = [], [], [], [], []
+      collected = [[] for _ in self.metrics]
       for images in sampler.sample_token_batches(
           ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
-        if self.oracle is not None:
-          predicted, feats = self.oracle.predict(images)
-          labels.append(predicted)
-          oracle_features.append(feats)
-        if self.clip is not None:
-          clip_images.append(self.clip.embed_images(images))
-        if self.inception is not None:
-          pool, prob = self.inception(images)
-          pools.append(pool)
-          probs.append(prob)
-      if self.oracle is not None:
-        labels = np.concatenate(labels)
-        for k, v in shapes_oracle.generated_metrics(
-            labels, np.concatenate(oracle_features), self.truth,
-            self.real_oracle_stats).items():
-          out[f'{name}/oracle_{k}'] = v
-        if len(self.captions) > 100:
-          out[f'{name}/r_precision'] = r_precision.r_precision(
-              shapes_oracle.embed_labels(labels),
-              self.caption_embeddings, seed=config_base.data_seed(c))
-      if self.inception is not None:
-        out[f'{name}/fid'] = fid.frechet_distance(
-            *self.real_stats, *fid.statistics(np.concatenate(pools)))
-        out[f'{name}/inception_score'], out[f'{name}/inception_score_std'] = (
-            fid.inception_score(np.concatenate(probs)))
-      if self.clip is not None:
-        for k, v in clip_lib.clip_metrics(
-            np.concatenate(clip_images), self.clip_captions,
-            seed=config_base.data_seed(c)).items():
-          out[f'{name}/{k}'] = v
-    if self.clip is not None:
-      out.update({f'real/{k}': v for k, v in self.real_clip.items()})
-    if self.oracle is not None:  # The ceilings, from the real images.
-      for k, v in shapes_oracle.alignment(self.real_oracle_labels,
-                                          self.truth).items():
-        out[f'real/oracle_{k}'] = v
-      if len(self.captions) > 100:
-        out['real/r_precision'] = r_precision.r_precision(
-            shapes_oracle.embed_labels(self.real_oracle_labels),
-            self.caption_embeddings, seed=config_base.data_seed(c))
+        for metric, features in zip(self.metrics, collected):
+          features.append(metric.features(images))
+      for metric, features in zip(self.metrics, collected):
+        out.update({f'{name}/{k}': v
+                    for k, v in metric.scores(features).items()})
+    for metric in self.metrics:  # The ceilings, from the real images.
+      out.update({f'real/{k}': v for k, v in metric.reference().items()})
     out['num_images'] = len(self.captions)
     return out
 
