@@ -157,6 +157,19 @@ def _run(command: List[str], log_path: str) -> float:
   return time.monotonic() - start
 
 
+def run_final_step(run_dir: str, default: int) -> int:
+  """The run's own num_train_steps (its config.json), else default.
+
+  A variant may train for another number of steps than the study's config
+  (e.g. a larger batch for fewer steps in the same time).
+  """
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return int(json.load(f).get('num_train_steps', default))
+
+
 def final_result(run_dir: str, final_step: int) -> Optional[Dict[str, float]]:
   """The eval job's row of the final step, or None if not evaluated yet."""
   path = os.path.join(run_dir, 'eval', 'results.jsonl')
@@ -194,6 +207,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int,
   run_dir = os.path.join(args.workdir, name, f'seed{seed}')
   os.makedirs(run_dir, exist_ok=True)
   log_path = os.path.join(run_dir, 'ablation.log')
+  final_step = int(overrides.get('num_train_steps', final_step))
   result = final_result(run_dir, final_step)
   if result is None:
     print(f'[{name} seed {seed}] training ({run_dir})', flush=True)
@@ -237,9 +251,9 @@ def finished_rows(workdir: str, final_step: int) -> List[Dict[str, object]]:
     seeds = [e[len('seed'):] for e in entries if e.startswith('seed')]
     for seed in sorted(int(s) for s in seeds if s.isdigit()):
       run_dir = os.path.join(variant_dir, f'seed{seed}')
-      result = final_result(run_dir, final_step)
+      result = final_result(run_dir, run_final_step(run_dir, final_step))
       if result is None:
-        continue  # Unfinished, or trained for another number of steps.
+        continue  # Unfinished.
       row = {'variant': name, 'seed': seed, 'step': result['step']}
       row.update({k: result.get(k, float('nan')) for k, _, _ in METRICS
                   if k != 'steps_per_second'})
