@@ -220,6 +220,37 @@ def write_random_clip(directory: str, seed: int = 0) -> str:
   return directory
 
 
+TINY_DINOV2_CONFIG = {  # Published layout (518 px positions), tiny widths.
+    'model_type': 'dinov2', 'hidden_size': 32, 'num_hidden_layers': 2,
+    'num_attention_heads': 4, 'mlp_ratio': 4, 'image_size': 518,
+    'patch_size': 14, 'layer_norm_eps': 1e-6, 'hidden_act': 'gelu',
+    'architectures': ['Dinov2Model'],
+}
+
+
+def write_random_dinov2(directory: str, seed: int = 0) -> str:
+  """A random TINY_DINOV2_CONFIG DINOv2 in the Hugging Face directory layout
+  (config.json, model.safetensors with the mask token), without torch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import dinov2  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, 'config.json')
+  with open(path, 'w') as f:
+    json.dump(TINY_DINOV2_CONFIG, f)
+  config = dinov2.read_config(path)
+  params = dinov2.Dinov2Model(config).init(
+      jax.random.PRNGKey(seed),
+      np.zeros((1, 28, 28, 3), np.float32))['params']
+  tensors = dinov2.to_hugging_face(params, config)
+  tensors['embeddings.mask_token'] = np.zeros((1, config.hidden_size),
+                                              np.float32)
+  safetensors_numpy.save_file(tensors,
+                              os.path.join(directory, 'model.safetensors'))
+  return directory
+
+
 def base_config(**overrides):
   """config_base's defaults with dotted-field overrides
   ('loss_weights.word_region': 0.0, d_steps_per_g_step=1, ...)."""

@@ -66,15 +66,23 @@ def test_cmmd_mmd_matches_the_reference_formula():
   assert cmmd.mmd(x, x) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_cmmd_bicubic_resize_matches_torch():
+def test_bicubic_resize_matches_torch():
+  """Both ways torch is called: with an output size (CMMD's images) and with
+  a scale factor (the DINOv2 release's position embeddings)."""
   torch = pytest.importorskip('torch')
-  from xmcgan_jax.eval.metrics import cmmd  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import bicubic  # pylint: disable=g-import-not-at-top
   images = np.random.default_rng(1).random((2, 8, 6, 3)).astype(np.float32)
   want = torch.nn.functional.interpolate(
       torch.from_numpy(images.transpose(0, 3, 1, 2)), size=(13, 13),
       mode='bicubic').permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(cmmd.resize_bicubic(images, 13), want,
-                             atol=1e-5)
+  np.testing.assert_allclose(bicubic.resize(images, 13), want, atol=1e-5)
+  grid = np.random.default_rng(2).normal(size=(37, 37)).astype(np.float32)
+  scale = 16.1 / 37  # DINOv2 at 224px: 16 patches a side, offset 0.1.
+  want = torch.nn.functional.interpolate(
+      torch.from_numpy(grid)[None, None], scale_factor=(scale, scale),
+      mode='bicubic', align_corners=False)[0, 0].numpy()
+  m = bicubic.matrix(37, 16, scale)
+  np.testing.assert_allclose(m @ grid @ m.T, want, atol=1e-5)
 
 
 def test_prdc_hand_example():

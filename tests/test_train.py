@@ -376,6 +376,56 @@ def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
     evaluate.Evaluator(workdir, config)
 
 
+def test_eval_mode_reports_every_metric(straight_and_resumed, tmp_path):
+  """Every plug-in at once on the tiny run: random CLIP (for 'clip' and
+  'cmmd') and DINOv2 (for 'fd_dinov2' and PRDC on its features) in the
+  Hugging Face layouts, FID/IS through a features function; every key for
+  raw and EMA G lands in results.jsonl and results.csv; a missing weight
+  directory fails before anything is generated."""
+  import fake_data  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import metrics  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  _, _, workdir = straight_and_resumed
+  workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
+  shapes_oracle.ShapesOracle.load_or_train(
+      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
+      train_examples=64, steps=5)
+  config = run_dir.read_config(workdir)
+  clip_dir = fake_data.write_random_clip(str(tmp_path / 'clip'))
+  config.cmmd_clip_weights = clip_dir
+  config.dinov2_weights = fake_data.write_random_dinov2(
+      str(tmp_path / 'dinov2'))
+  assert metrics.default_metrics(config) == ['shapes_oracle', 'cmmd',
+                                             'fd_dinov2']
+  config.clip_weights = clip_dir
+  config.eval_metrics = metrics.names()
+  config.prdc_features = 'dinov2'
+  config.fid_stats_dir = str(tmp_path / 'stats')
+  config.eval_num_samples = config.shapes_eval_size = 24
+  features = lambda x: (x.reshape(len(x), -1)[:, :16] / 255.0,
+                        np.full((len(x), 4), 0.25))
+  result = evaluate.run(workdir, evaluator=evaluate.Evaluator(
+      workdir, config, features, 'fake'))[0]
+  for name in ('raw', 'ema'):
+    for key in ('fid', 'inception_score', 'oracle_object_accuracy',
+                'clip_score', 'cmmd', 'fd_dinov2', 'precision', 'recall',
+                'density', 'coverage'):
+      assert np.isfinite(result[f'{name}/{key}']), (name, key)
+    assert result[f'{name}/fd_dinov2'] > 0 and result[f'{name}/cmmd'] > 0
+    assert 0 <= result[f'{name}/coverage'] <= 1
+  assert result['raw/fd_dinov2'] != result['ema/fd_dinov2']
+  with open(os.path.join(workdir, 'eval', 'results.csv')) as f:
+    header = f.readline().strip().split(',')
+  assert {'raw/cmmd', 'ema/fd_dinov2', 'raw/density'} <= set(header)
+  assert len(glob.glob(str(tmp_path / 'stats' / 'dinov2_shapes_*'))) == 1
+  assert len(glob.glob(str(tmp_path / 'stats' / 'prdc_dinov2_shapes_*'))) == 1
+  config.dinov2_weights = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError,
+                     match='config.dinov2_weights: .*nowhere/config.json'):
+    evaluate.Evaluator(workdir, config, features, 'fake')
+
+
 def _make_unwritable(path) -> bool:
   """Makes a directory unwritable, also for root (the tests run as root in
   CI): the immutable attribute where the filesystem has it, else chmod."""

@@ -20,6 +20,7 @@ IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
 # How FID's Inception sees images: pytorch-fid's bilinear resize inside the
 # network, or clean-fid's antialiased PIL bicubic (eval/inception.py).
 FID_RESIZE_MODES = ('pytorch_fid', 'clean')
+PRDC_FEATURES = ('inception', 'dinov2')
 
 
 def _loss_weights() -> ml_collections.ConfigDict:
@@ -56,12 +57,17 @@ def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   # CLIP score and CLIP R-precision; '' = off.
   c.clip_weights = ''
   # Metric families of the eval job (eval/metrics): 'fid', 'clip',
-  # 'shapes_oracle', 'cmmd', 'prdc'. () = those the weights above enable,
-  # and the oracle on Shapes.
+  # 'shapes_oracle', 'cmmd', 'fd_dinov2', 'prdc'. () = those the weights
+  # above enable, and the oracle on Shapes.
   c.eval_metrics = ()
   # Hugging Face directory of openai/clip-vit-large-patch14-336 for 'cmmd'.
   c.cmmd_clip_weights = ''
+  # Hugging Face directory of a DINOv2 (facebook/dinov2-large, as dgm-eval)
+  # for 'fd_dinov2'.
+  c.dinov2_weights = ''
   c.prdc_k = 5  # Nearest neighbours of 'prdc' (5 as published).
+  # Features of 'prdc': 'inception' (FID's pool3) or 'dinov2' (dgm-eval's).
+  c.prdc_features = 'inception'
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -240,6 +246,8 @@ def validate(config: ml_collections.ConfigDict,
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
   if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
+  if config.get('prdc_features', 'inception') not in PRDC_FEATURES:
+    bad('prdc_features', config.prdc_features, f'choose from {PRDC_FEATURES}.')
   check_contrastive_negatives(config.contrastive_negatives)
   if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,

@@ -26,7 +26,7 @@ Metrics (`clip_metrics`), for image i generated from caption i:
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-from safetensors import numpy as safetensors_numpy
 import tensorflow as tf
 import tokenizers
 
 from xmcgan_jax import errors
 from xmcgan_jax.eval import batched
+from xmcgan_jax.eval import hf_weights
 from xmcgan_jax.eval import r_precision
 
 CONTEXT_LENGTH = 77  # CLIP's text context, start and end tokens included.
@@ -206,102 +206,53 @@ class ClipModel(nn.Module):
     return images, texts, logits
 
 
-# Hugging Face tensor layout -> Flax parameter layout, and back.
-_Layout = Tuple[Callable[[np.ndarray], np.ndarray],
-                Callable[[np.ndarray], np.ndarray]]
-_SAME: _Layout = (lambda w: w, lambda w: w)
-_LINEAR: _Layout = (lambda w: w.T, lambda w: w.T)  # (out, in) <-> (in, out).
-_CONV: _Layout = (lambda w: w.transpose(2, 3, 1, 0),
-                  lambda w: w.transpose(3, 2, 0, 1))
-
-
-def _heads(num_heads: int, output: bool) -> _Layout:
-  """Attention projections: (D, D) linear <-> Flax's per-head kernels."""
-  if output:  # (D_out, D_in) <-> (heads, head_dim, D_out).
-    return (lambda w: w.T.reshape(num_heads, -1, w.shape[0]),
-            lambda w: w.reshape(-1, w.shape[-1]).T)
-  # Weights (D_out, D_in) <-> (D_in, heads, head_dim); biases (D,) <->
-  # (heads, head_dim).
-  return (lambda w: (w.T.reshape(w.shape[1], num_heads, -1) if w.ndim == 2
-                     else w.reshape(num_heads, -1)),
-          lambda w: (w.reshape(w.shape[0], -1).T if w.ndim == 3
-                     else w.reshape(-1)))
-
-
 def _tower_names(prefix: str, flax_tower: str, config: TowerConfig
-                 ) -> List[Tuple[str, Tuple[str, ...], _Layout]]:
+                 ) -> hf_weights.Names:
   names = []
   for i in range(config.num_layers):
     hf, fx = f'{prefix}.encoder.layers.{i}', (flax_tower, f'layers_{i}')
     for proj, flax_name in (('q_proj', 'query'), ('k_proj', 'key'),
                             ('v_proj', 'value'), ('out_proj', 'out')):
-      layout = _heads(config.num_heads, proj == 'out_proj')
+      layout = hf_weights.heads(config.num_heads, proj == 'out_proj')
       for field, flax_field in (('weight', 'kernel'), ('bias', 'bias')):
         names.append((f'{hf}.self_attn.{proj}.{field}',
                       fx + ('self_attn', flax_name, flax_field),
                       layout if field == 'weight' or proj != 'out_proj'
-                      else _SAME))
+                      else hf_weights.SAME))
     for module in ('layer_norm1', 'layer_norm2'):
-      names.append((f'{hf}.{module}.weight', fx + (module, 'scale'), _SAME))
-      names.append((f'{hf}.{module}.bias', fx + (module, 'bias'), _SAME))
+      names.append((f'{hf}.{module}.weight', fx + (module, 'scale'), hf_weights.SAME))
+      names.append((f'{hf}.{module}.bias', fx + (module, 'bias'), hf_weights.SAME))
     for module in ('fc1', 'fc2'):
       names.append((f'{hf}.mlp.{module}.weight', fx + (module, 'kernel'),
-                    _LINEAR))
-      names.append((f'{hf}.mlp.{module}.bias', fx + (module, 'bias'), _SAME))
+                    hf_weights.LINEAR))
+      names.append((f'{hf}.mlp.{module}.bias', fx + (module, 'bias'), hf_weights.SAME))
   names.append((f'{prefix}.embeddings.position_embedding.weight',
-                (flax_tower, 'position_embedding'), _SAME))
+                (flax_tower, 'position_embedding'), hf_weights.SAME))
   return names
 
 
-def tensor_names(config: ClipConfig
-                 ) -> List[Tuple[str, Tuple[str, ...], _Layout]]:
+def tensor_names(config: ClipConfig) -> hf_weights.Names:
   """(Hugging Face tensor name, Flax parameter path, layout) of every weight."""
   def norm(hf, flax_name):
-    return [(f'{hf}.weight', (flax_name, 'scale'), _SAME),
-            (f'{hf}.bias', (flax_name, 'bias'), _SAME)]
+    return [(f'{hf}.weight', (flax_name, 'scale'), hf_weights.SAME),
+            (f'{hf}.bias', (flax_name, 'bias'), hf_weights.SAME)]
   return (
       _tower_names('vision_model', 'vision', config.vision) +
       _tower_names('text_model', 'text', config.text) +
       # 'pre_layrnorm' (sic) is Hugging Face's name; ours is in the tower.
       [(f'vision_model.pre_layrnorm.{f}', ('vision', 'pre_layernorm', g),
-        _SAME) for f, g in (('weight', 'scale'), ('bias', 'bias'))] +
+        hf_weights.SAME) for f, g in (('weight', 'scale'), ('bias', 'bias'))] +
       norm('vision_model.post_layernorm', 'post_layernorm') +
       norm('text_model.final_layer_norm', 'final_layer_norm') +
       [('vision_model.embeddings.patch_embedding.weight',
-        ('patch_embedding', 'kernel'), _CONV),
+        ('patch_embedding', 'kernel'), hf_weights.CONV),
        ('vision_model.embeddings.class_embedding', ('class_embedding',),
-        _SAME),
+        hf_weights.SAME),
        ('text_model.embeddings.token_embedding.weight',
-        ('token_embedding', 'embedding'), _SAME),
-       ('visual_projection.weight', ('visual_projection', 'kernel'), _LINEAR),
-       ('text_projection.weight', ('text_projection', 'kernel'), _LINEAR),
-       ('logit_scale', ('logit_scale',), _SAME)])
-
-
-def _read_tensors(directory: str) -> Tuple[Dict[str, np.ndarray], str]:
-  """All tensors of model.safetensors (or its shards), and the file named."""
-  index = os.path.join(directory, 'model.safetensors.index.json')
-  if tf.io.gfile.exists(index):
-    with tf.io.gfile.GFile(index) as f:
-      files = sorted(set(json.load(f)['weight_map'].values()))
-  else:
-    files = ['model.safetensors']
-  tensors = {}
-  for name in files:
-    path = os.path.join(directory, name)
-    if not tf.io.gfile.exists(path):
-      raise errors.MissingFileError(
-          f'{path} not found: a CLIP directory needs config.json, '
-          'model.safetensors, vocab.json and merges.txt (see README, '
-          'Evaluation).')
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      try:
-        tensors.update(safetensors_numpy.load(f.read()))
-      except Exception as e:  # safetensors raises its own error types.
-        raise ValueError(f'{path}: not a readable safetensors file ({e}).'
-                         ) from e
-  return tensors, os.path.join(directory, files[0] if len(files) == 1
-                               else 'model.safetensors.index.json')
+        ('token_embedding', 'embedding'), hf_weights.SAME),
+       ('visual_projection.weight', ('visual_projection', 'kernel'), hf_weights.LINEAR),
+       ('text_projection.weight', ('text_projection', 'kernel'), hf_weights.LINEAR),
+       ('logit_scale', ('logit_scale',), hf_weights.SAME)])
 
 
 def load_params(directory: str, config: ClipConfig) -> Dict:
@@ -311,7 +262,9 @@ def load_params(directory: str, config: ClipConfig) -> Dict:
     MissingFileError / ValueError naming the file and, for a missing or
     misshapen tensor, the tensor and both shapes.
   """
-  tensors, source = _read_tensors(directory)
+  tensors, source = hf_weights.read_tensors(
+      directory, 'a CLIP directory needs config.json, model.safetensors, '
+      'vocab.json and merges.txt')
   # A saved CLIPTextModel/CLIPVisionModel alone, or a CLIPModel: the
   # prefixes are those of CLIPModel either way.
   expected = flax.traverse_util.flatten_dict(jax.eval_shape(
@@ -319,28 +272,14 @@ def load_params(directory: str, config: ClipConfig) -> Dict:
           jax.random.PRNGKey(0), jnp.zeros((1, config.image_size,
                                             config.image_size, 3)),
           jnp.zeros((1, 2), jnp.int32), jnp.ones((1,), jnp.int32)))['params'])
-  flat = {}
-  for hf_name, flax_path, (to_flax, _) in tensor_names(config):
-    if hf_name not in tensors:
-      raise ValueError(f'{source}: tensor {hf_name!r} is missing; is this a '
-                       'CLIPModel checkpoint matching its config.json?')
-    value = to_flax(np.asarray(tensors[hf_name], np.float32))
-    want = expected[flax_path].shape
-    if value.shape != want:
-      raise ValueError(
-          f'{source}: tensor {hf_name!r} has shape '
-          f'{np.shape(tensors[hf_name])}; config.json implies {want} in Flax '
-          f'layout (got {value.shape}).')
-    flat[flax_path] = value
-  return flax.traverse_util.unflatten_dict(flat)
+  return hf_weights.to_flax(tensors, source, tensor_names(config),
+                            {k: v.shape for k, v in expected.items()},
+                            'CLIPModel')
 
 
 def to_hugging_face(params: Dict, config: ClipConfig) -> Dict[str, np.ndarray]:
   """The inverse of load_params: Hugging Face names and layouts (float32)."""
-  flat = flax.traverse_util.flatten_dict(params)
-  return {hf_name: np.array(to_hf(np.asarray(flat[flax_path], np.float32)),
-                           order='C')
-          for hf_name, flax_path, (_, to_hf) in tensor_names(config)}
+  return hf_weights.to_hugging_face(params, tensor_names(config))
 
 
 def make_tokenizer(directory: str) -> tokenizers.Tokenizer:

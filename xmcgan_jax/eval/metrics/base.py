@@ -11,6 +11,7 @@ features to `scores`, whose keys it prefixes with 'raw/' or 'ema/';
 
 import dataclasses
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -58,6 +59,13 @@ class Metric:
   weights: Optional[Tuple[str, str]] = None
   replaced_by = ''
 
+  @classmethod
+  def weights_for(cls, config) -> Tuple[Optional[Tuple[str, str]], str]:
+    """(weights, replaced_by) under this config (the class attributes,
+    unless the config picks the network)."""
+    del config  # The network is fixed.
+    return cls.weights, cls.replaced_by
+
   def features(self, images: np.ndarray) -> Any:
     """What `scores` needs of one batch of generated uint8 images."""
     raise NotImplementedError
@@ -94,10 +102,11 @@ def default_metrics(config) -> List[str]:
   """The families an empty config.eval_metrics selects: those whose weights
   the config names, and the oracle on Shapes (the job before the field)."""
   chosen = ['shapes_oracle'] if config.dataset == 'shapes' else []
-  if config.inception_weights:
-    chosen.append('fid')
-  if config.clip_weights:
-    chosen.append('clip')
+  for field, name in (('inception_weights', 'fid'), ('clip_weights', 'clip'),
+                      ('cmmd_clip_weights', 'cmmd'),
+                      ('dinov2_weights', 'fd_dinov2')):
+    if config.get(field):
+      chosen.append(name)
   return chosen
 
 
@@ -119,14 +128,14 @@ def build(inputs: EvalInputs, chosen: Sequence[str] = ()) -> List[Metric]:
         f'config.eval_metrics names {unknown}; the metrics are {names()}.')
   if not chosen:
     raise errors.ConfigError(
-        'config.inception_weights and config.clip_weights are empty: FID/IS '
-        'need the FID Inception weights, CLIP metrics a CLIP directory (see '
-        'README, Evaluation); only Shapes runs can be evaluated without '
-        'either.')
+        'no metric to run: config.eval_metrics is empty and so are '
+        'inception_weights, clip_weights, cmmd_clip_weights and '
+        'dinov2_weights (each enables its metric; see README, Evaluation); '
+        'only Shapes runs can be evaluated without weights.')
   for name in chosen:  # Every missing weight file first: a one-line error.
-    cls = _REGISTRY[name]
-    if cls.weights and cls.replaced_by not in inputs.options:
-      require_file(config, *cls.weights, what=name)
+    weights, replaced_by = _REGISTRY[name].weights_for(config)
+    if weights and replaced_by not in inputs.options:
+      require_file(config, *weights, what=name)
   return [_REGISTRY[name](inputs) for name in chosen]
 
 
@@ -150,6 +159,17 @@ def require_file(config, field: str, inside: str = '',
   if not tf.io.gfile.exists(full):
     raise errors.MissingFileError(
         f'config.{field}: {full} not found (the metric {what!r} needs it).')
+
+
+def directory_digest(directory: str) -> str:
+  """SHA-256 over a Hugging Face directory's config and safetensors files."""
+  h = hashlib.sha256()
+  for name in sorted(tf.io.gfile.listdir(directory)):
+    if name == 'config.json' or name.endswith('.safetensors'):
+      with tf.io.gfile.GFile(os.path.join(directory, name), 'rb') as f:
+        for block in iter(lambda: f.read(1 << 22), b''):
+          h.update(block)
+  return h.hexdigest()
 
 
 def cached_real(config, name: str, provenance: Dict[str, Any],

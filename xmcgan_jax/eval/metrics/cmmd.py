@@ -14,44 +14,16 @@ The real embeddings are cached per dataset, split, resolution, image count
 and weights.
 """
 
-import hashlib
-import os
 from typing import Dict, Sequence
 
 import numpy as np
 
+from xmcgan_jax.eval import bicubic
 from xmcgan_jax.eval import clip as clip_lib
 from xmcgan_jax.eval.metrics import base
 
 SIGMA = 10.0  # The reference's kernel bandwidth.
 SCALE = 1000.0  # The reference reports MMD^2 times this.
-
-
-def _cubic(x: np.ndarray, a: float = -0.75) -> np.ndarray:
-  x = np.abs(x)
-  near = ((a + 2) * x - (a + 3)) * x * x + 1
-  far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-  return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
-
-
-def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """(size_out, size_in) weights of torch's bicubic resize along one axis
-  (align_corners=False; taps beyond the border read the border pixel)."""
-  src = (np.arange(size_out) + 0.5) * size_in / size_out - 0.5
-  left = np.floor(src).astype(int)
-  out = np.zeros((size_out, size_in))
-  for tap in range(-1, 3):
-    index = np.clip(left + tap, 0, size_in - 1)
-    np.add.at(out, (np.arange(size_out), index), _cubic(src - (left + tap)))
-  return out
-
-
-def resize_bicubic(images: np.ndarray, size: int) -> np.ndarray:
-  """(N, H, W, C) float -> (N, size, size, C), as torch's bicubic resize."""
-  rows = bicubic_matrix(images.shape[1], size)
-  cols = bicubic_matrix(images.shape[2], size)
-  return np.einsum('oh,nhwc,pw->nopc', rows, images.astype(np.float64),
-                   cols).astype(np.float32)
 
 
 def mmd(x: np.ndarray, y: np.ndarray, sigma: float = SIGMA,
@@ -68,17 +40,6 @@ def mmd(x: np.ndarray, y: np.ndarray, sigma: float = SIGMA,
                         2 * kernel_mean(x, y)))
 
 
-def _digest(directory: str) -> str:
-  """SHA-256 over the directory's config and safetensors files."""
-  h = hashlib.sha256()
-  for name in sorted(os.listdir(directory)):
-    if name == 'config.json' or name.endswith('.safetensors'):
-      with open(os.path.join(directory, name), 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-          h.update(block)
-  return h.hexdigest()
-
-
 @base.register('cmmd')
 class Cmmd(base.Metric):
   """Key: cmmd."""
@@ -87,7 +48,7 @@ class Cmmd(base.Metric):
   def __init__(self, inputs: base.EvalInputs):
     c = inputs.config
     self._clip = clip_lib.Clip(c.cmmd_clip_weights, c.eval_batch_size)
-    digest = _digest(c.cmmd_clip_weights)
+    digest = base.directory_digest(c.cmmd_clip_weights)
     compute = lambda: {'embeddings': np.concatenate(
         [self.features(b) for b in inputs.real_images()])}
     count = len(inputs.captions)
@@ -100,7 +61,7 @@ class Cmmd(base.Metric):
 
   def features(self, images: np.ndarray) -> np.ndarray:
     size = self._clip.config.image_size
-    pixels = resize_bicubic(images.astype(np.float32) / 255.0, size)
+    pixels = bicubic.resize(images.astype(np.float32) / 255.0, size)
     pixels = (pixels - np.float32(clip_lib.IMAGE_MEAN)) / np.float32(
         clip_lib.IMAGE_STD)
     embeddings = self._clip.embed_pixels(pixels)

@@ -2,8 +2,10 @@
 
 Improved precision and recall (Kynkaenniemi et al., NeurIPS 2019) and
 density and coverage (Naeem et al., ICML 2020), as the `prdc` package
-computes them, on the FID Inception's pool3 features (the 'fid' metric's
-network, or an API user's options['fid_features']): each real feature's
+computes them, on the features config.prdc_features names: 'inception'
+(the FID Inception's pool3, the 'fid' metric's network, or an API user's
+options['fid_features']) or 'dinov2' (the 'fd_dinov2' metric's class token,
+as dgm-eval reports PRDC; or options['dinov2_features']). Each real feature's
 radius is the distance to its k-th nearest other real feature (k =
 config.prdc_k, 5 as published), and likewise for generated features;
   precision: generated features inside some real radius,
@@ -18,6 +20,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 from xmcgan_jax.eval.metrics import base
+from xmcgan_jax.eval.metrics import fd_dinov2
 from xmcgan_jax.eval.metrics import fid_is
 
 _CHUNK = 2048  # Rows of a distance block: bounded memory at 30k images.
@@ -62,29 +65,40 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> Dict[str, float]:
 @base.register('prdc')
 class Prdc(base.Metric):
   """Keys: precision, recall, density, coverage."""
-  weights = ('inception_weights', '')
-  replaced_by = 'fid_features'
+
+  @classmethod
+  def weights_for(cls, config):
+    if config.prdc_features == 'dinov2':
+      return fd_dinov2.FdDinov2.weights, fd_dinov2.FdDinov2.replaced_by
+    return fid_is.FidInceptionScore.weights, 'fid_features'
 
   def __init__(self, inputs: base.EvalInputs):
     c = inputs.config
-    self._features, digest = fid_is.inception_features(inputs)
     self._k = c.prdc_k
     count = len(inputs.captions)
     if count <= self._k:
       raise ValueError(f'prdc needs more than config.prdc_k={self._k} '
                        f'images; the eval set has {count}.')
+    if c.prdc_features == 'dinov2':
+      self._features, digest = fd_dinov2.dinov2_features(inputs)
+      name = base.real_cache_name(c, 'prdc_dinov2', count, digest,
+                                  fd_dinov2.RESIZE)
+      provenance = fd_dinov2.provenance(c, count, digest)
+    else:
+      pool3, digest = fid_is.inception_features(inputs)
+      self._features = lambda images: pool3(images)[0]
+      name = base.real_cache_name(c, 'prdc_pool3', count, digest,
+                                  c.fid_resize)
+      provenance = {
+          'dataset': c.dataset, 'image_size': c.image_size, 'images': count,
+          'inception_sha256': digest, 'resize': 'dataset pipeline to '
+          'image_size, uint8, then ' + fid_is.RESIZE_PROVENANCE[c.fid_resize]}
     compute = lambda: {'features': np.concatenate(
-        [self._features(b)[0] for b in inputs.real_images()])}
-    self._real = base.cached_real(
-        c, base.real_cache_name(c, 'prdc_pool3', count, digest,
-                                c.fid_resize),
-        {'dataset': c.dataset, 'image_size': c.image_size, 'images': count,
-         'inception_sha256': digest, 'resize': 'dataset pipeline to '
-         'image_size, uint8, then ' + fid_is.RESIZE_PROVENANCE[c.fid_resize]},
-        compute)['features']
+        [self._features(b) for b in inputs.real_images()])}
+    self._real = base.cached_real(c, name, provenance, compute)['features']
 
   def features(self, images: np.ndarray) -> np.ndarray:
-    return self._features(images)[0]
+    return self._features(images)
 
   def scores(self, features: Sequence[np.ndarray]) -> Dict[str, float]:
     return prdc(self._real, np.concatenate(features), self._k)
