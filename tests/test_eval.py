@@ -98,3 +98,17 @@ def test_prdc_hand_example():
   assert got['recall'] == pytest.approx(1.0)
   # Nearest fake: 0 -> 0.5 (< 1), 1 -> 0.5 (< 1), 3 -> 2.5 (not < 2).
   assert got['coverage'] == pytest.approx(2 / 3)
+
+
+def test_prdc_matches_the_prdc_package():
+  """Naeem et al.'s own implementation (pip prdc) on random features."""
+  reference = pytest.importorskip('prdc')
+  from xmcgan_jax.eval.metrics import prdc  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  real = rng.normal(size=(300, 16))
+  fake = rng.normal(0.3, 1.2, size=(250, 16))
+  want = reference.compute_prdc(real_features=real, fake_features=fake,
+                                nearest_k=5)
+  got = prdc.prdc(real, fake, k=5)
+  for key in ('precision', 'recall', 'density', 'coverage'):
+    assert got[key] == pytest.approx(want[key], abs=1e-12), key
