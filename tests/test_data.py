@@ -1,6 +1,7 @@
 """Datasets and the tf.data pipeline on small data in the real formats."""
 
 import dataclasses
+import pathlib
 
 import ml_collections
 import numpy as np
@@ -216,6 +217,9 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval.metrics import fid_is  # pylint: disable=g-import-not-at-top
   config.eval_batch_size = 3
+  config.update(eval_protocol='ours', eval_caption='first',  # The defaults.
+                eval_real_resize='bilinear', eval_image_size=0,
+                eval_num_samples=10, inception_score_splits=10)
   config.fid_stats_dir = str(tmp_path / 'stats')
   config.fid_resize = 'pytorch_fid'
   texts, (ids, mask), images, truth = evaluate.eval_set(config, 10,
@@ -237,6 +241,33 @@ def test_coco_captions_builder_offline(tmp_path, monkeypatch, tokenizer):
   again, _ = fid_is.real_statistics(config, None, 'fake', len(texts),
                                     iter([]))
   np.testing.assert_array_equal(again, mu)
+  # clean_fid_coco30k's view: a random caption of each image (fixed by the
+  # data seed), the centre square resized to 256 by PIL's Lanczos.
+  from xmcgan_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+  config.eval_protocol = 'clean_fid_coco30k'
+  clean = protocols.apply(config)
+  assert (clean.eval_num_samples, clean.eval_image_size) == (30_000, 256)
+  texts, _, images, _ = evaluate.eval_set(clean, 10, tokenizer)
+  all_captions = {f'image {i} caption {k}' for i in range(7, 11)
+                  for k in range(5)}
+  assert set(texts) <= all_captions and set(texts) != {
+      w.decode() for w in want}
+  assert texts == evaluate.eval_set(clean, 10, tokenizer).captions
+  got = np.concatenate(list(images()))
+  assert got.shape == (4, 256, 256, 3) and got.dtype == np.uint8
+  first = sorted((pathlib.Path(root) / 'val2014').glob('*.jpg'))[0]
+  decoded = tf.io.decode_image(first.read_bytes(), channels=3).numpy()
+  np.testing.assert_array_equal(
+      got[0], pipeline.center_crop_lanczos(decoded, 256))
+
+
+def test_center_crop_lanczos_is_pil_crop_then_resize():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+  want = Image.fromarray(image).crop((8, 0, 56, 48)).resize((20, 20),
+                                                            Image.LANCZOS)
+  np.testing.assert_array_equal(pipeline.center_crop_lanczos(image, 20),
+                                np.asarray(want))
 
 
 def test_localized_narratives_builders_skip_missing_images(tmp_path, caplog):

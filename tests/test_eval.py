@@ -112,3 +112,45 @@ def test_prdc_matches_the_prdc_package():
   got = prdc.prdc(real, fake, k=5)
   for key in ('precision', 'recall', 'density', 'coverage'):
     assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+def test_protocols_set_their_fields_and_name_bad_choices():
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax import errors  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+  assert config_base.EVAL_PROTOCOLS == tuple(protocols.PROTOCOLS)
+  config = config_base.get_base_config()
+  config.dataset = 'coco'
+  ours = protocols.apply(config)
+  assert ours.to_dict() == config.to_dict()
+  config.eval_protocol = 'release_2021'
+  release = protocols.apply(config)
+  assert (release.eval_num_samples, release.eval_caption,
+          release.inception_score_splits) == (30_000, 'random', 1)
+  assert config.inception_score_splits == 10  # The given config is kept.
+  config.dataset = 'shapes'
+  with pytest.raises(errors.ConfigError, match="eval_protocol='release_2021' "
+                     "defines numbers on .*not dataset 'shapes'"):
+    protocols.apply(config)
+  config.eval_protocol = 'fid30k'
+  with pytest.raises(errors.ConfigError, match='choose from'):
+    protocols.apply(config)
+  with pytest.raises(errors.ConfigError, match='eval_protocol'):
+    config_base.validate(config)
+
+
+def test_generated_images_take_the_real_images_resize():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3),
+                                             np.uint8)
+  config = ml_collections.ConfigDict(dict(
+      image_size=16, eval_image_size=0, eval_real_resize='bilinear'))
+  assert evaluate.resize_generated(images, config) is images
+  config.update(eval_image_size=40, eval_real_resize='center_crop_lanczos')
+  got = evaluate.resize_generated(images, config)
+  np.testing.assert_array_equal(got[1], np.asarray(
+      Image.fromarray(images[1]).resize((40, 40), Image.LANCZOS)))
+  config.eval_real_resize = 'bilinear'
+  assert evaluate.resize_generated(images, config).shape == (2, 40, 40, 3)

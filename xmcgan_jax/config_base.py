@@ -21,6 +21,10 @@ IMAGE_ENCODERS = ('none', 'vgg19', 'resnet50')
 # network, or clean-fid's antialiased PIL bicubic (eval/inception.py).
 FID_RESIZE_MODES = ('pytorch_fid', 'clean')
 PRDC_FEATURES = ('inception', 'dinov2')
+EVAL_CAPTIONS = ('first', 'random')
+EVAL_REAL_RESIZES = ('bilinear', 'center_crop_lanczos')
+# eval/protocols.py's names (a test checks that they agree).
+EVAL_PROTOCOLS = ('ours', 'release_2021', 'clean_fid_coco30k')
 
 
 def _loss_weights() -> ml_collections.ConfigDict:
@@ -46,8 +50,20 @@ def _image_encoder() -> ml_collections.ConfigDict:
 
 def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   """The eval job's fields (top level, as runs saved before saw them)."""
+  # 'ours', 'release_2021' or 'clean_fid_coco30k' (eval/protocols.py): sets
+  # the fields below that define a published number's protocol.
+  c.eval_protocol = 'ours'
   c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
   c.eval_batch_size = 256  # Global batch of evaluation sampling.
+  # Caption of each eval image: 'first' of its captions or a 'random' one
+  # (fixed by the data seed).
+  c.eval_caption = 'first'
+  # Real eval images: 'bilinear' (the pipeline's antialiased resize to
+  # image_size, no crop) or 'center_crop_lanczos' (a centre square, PIL
+  # Lanczos to eval_image_size; generated images get the same resize).
+  c.eval_real_resize = 'bilinear'
+  c.eval_image_size = 0  # Side of the images the metrics see; 0 = image_size.
+  c.inception_score_splits = 10  # IS splits (the 2021 release: 1).
   c.inception_weights = ''  # FID-Inception .npz (see README, Evaluation).
   c.fid_stats_dir = ''  # Real-image FID statistics cache; '' = ~/.cache/xmcgan_jax.
   # 'pytorch_fid' (bilinear, TTUR/pytorch-fid numbers) or 'clean' (clean-fid's
@@ -246,6 +262,17 @@ def validate(config: ml_collections.ConfigDict,
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
   if config.fid_resize not in FID_RESIZE_MODES:
     bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
+  for field, choices in (('eval_caption', EVAL_CAPTIONS),
+                         ('eval_real_resize', EVAL_REAL_RESIZES),
+                         ('eval_protocol', EVAL_PROTOCOLS)):
+    if config.get(field, choices[0]) not in choices:
+      bad(field, config[field], f'choose from {choices}.')
+  if config.get('inception_score_splits', 1) < 1:
+    bad('inception_score_splits', config.inception_score_splits,
+        'must be >= 1.')
+  if config.get('eval_image_size', 0) < 0:
+    bad('eval_image_size', config.eval_image_size, 'use 0 (= image_size) or '
+        'a side in pixels.')
   if config.get('prdc_features', 'inception') not in PRDC_FEATURES:
     bad('prdc_features', config.prdc_features, f'choose from {PRDC_FEATURES}.')
   check_contrastive_negatives(config.contrastive_negatives)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from absl import logging
 import numpy as np
+from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -148,6 +149,17 @@ class SkipCounter:
       return dict(self._counts)
 
 
+def center_crop_lanczos(image: np.ndarray, size: int) -> np.ndarray:
+  """The centre square of a uint8 (H, W, 3) image, resized to size x size
+  by PIL's Lanczos (clean-fid's COCO reference images; GigaGAN)."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  square = Image.fromarray(np.asarray(image[top:top + side,
+                                            left:left + side], np.uint8))
+  return np.asarray(square.resize((size, size), Image.LANCZOS), np.uint8)
+
+
 def _decode(encoded: tf.Tensor, counter: SkipCounter):
   """Decodes an image to (H, W, 3) uint8; (1, 1, 3) zeros and False if bad."""
 
@@ -222,13 +234,25 @@ class InputPipeline:
     """Examples of `split` that this process reads."""
     return self.builder.info.splits[self._split(split)].num_examples
 
-  def _prepare(self, position, example, train: bool):
-    """Decodes, picks a caption, resizes, flips, tokenizes one example."""
+  def _prepare(self, position, example, train: bool, pick: str = 'random',
+               resize: str = 'bilinear', size: int = 0):
+    """Decodes, picks a caption, resizes, flips, tokenizes one example.
+
+    Args:
+      position: the example's index in its split (seeds its choices).
+      example: the raw example.
+      train: flip at random (if random_flip); training always picks a
+        random caption and resizes bilinearly to image_size.
+      pick: the caption, 'first' or 'random' (by data seed and position).
+      resize: 'bilinear' (antialiased, no crop) or 'center_crop_lanczos'
+        (center_crop_lanczos below).
+      size: output side; 0 = image_size.
+    """
     image, ok_image = _decode(example['image'], self.skipped)
     captions = example['captions']
     count = tf.shape(captions)[0]
     seed = tf.stack([tf.cast(self.seed, tf.int64), position])
-    if train:
+    if train or pick == 'random':
       index = tf.random.stateless_uniform([], seed, 0, tf.maximum(count, 1),
                                           dtype=tf.int32)
     else:
@@ -236,8 +260,14 @@ class InputPipeline:
     caption = tf.cond(count > 0, lambda: captions[tf.minimum(index, count - 1)],
                       lambda: tf.constant(''))
     ok_caption = tf.strings.length(tf.strings.strip(caption)) > 0
-    image = tf.image.resize(image, [self.image_size, self.image_size],
-                            method='bilinear', antialias=True) / 255.0
+    size = size or self.image_size
+    if resize == 'center_crop_lanczos' and not train:
+      image = tf.numpy_function(lambda x: center_crop_lanczos(x, size),
+                                [image], tf.uint8, stateful=False)
+      image = tf.cast(tf.reshape(image, [size, size, 3]), tf.float32) / 255.0
+    else:
+      image = tf.image.resize(image, [size, size], method='bilinear',
+                              antialias=True) / 255.0
     image = tf.clip_by_value(image, 0.0, 1.0)
     if train and self.random_flip:
       flip = tf.random.stateless_uniform([], seed + [0, 1 << 40]) < 0.5
@@ -347,12 +377,16 @@ class InputPipeline:
     return ds.map(to_steps, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
   def eval_dataset(self, per_process_batch: int,
-                   num_examples: Optional[int] = None) -> tf.data.Dataset:
+                   num_examples: Optional[int] = None, caption: str = 'first',
+                   resize: str = 'bilinear', size: int = 0
+                   ) -> tf.data.Dataset:
     """The eval split in fixed order, padded to the same batch count everywhere.
 
     Args:
       per_process_batch: examples per batch on this process.
       num_examples: use only the first examples of the (whole) split.
+      caption: 'first' or 'random' (config.eval_caption).
+      resize, size: see _prepare (config.eval_real_resize, eval_image_size).
 
     Returns:
       A dataset of dicts: image (b, S, S, 3), token_ids, token_mask,
@@ -369,14 +403,16 @@ class InputPipeline:
     per_process = -(-total // self.process_count)
     batches = max(1, -(-per_process // per_process_batch))
     ds = self._raw(split).enumerate()
-    ds = ds.map(lambda p, ex: self._prepare(p, ex, train=False),
+    ds = ds.map(lambda p, ex: self._prepare(p, ex, False, caption, resize,
+                                            size),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(self._keep)
     if num_examples is not None:
       ds = ds.take(per_process)
     keys = ('image', 'token_ids', 'token_mask', 'caption')
     ds = ds.map(lambda ex: dict({k: ex[k] for k in keys}, valid=True))
-    pad = {'image': tf.zeros([self.image_size, self.image_size, 3]),
+    size = size or self.image_size
+    pad = {'image': tf.zeros([size, size, 3]),
            'token_ids': tf.zeros([self.max_tokens], tf.int32),
            'token_mask': tf.zeros([self.max_tokens], tf.bool),
            'caption': tf.constant(''), 'valid': tf.constant(False)}

@@ -31,6 +31,7 @@ from clu import metric_writers
 from xmcgan_jax.data import pipeline
 from xmcgan_jax import errors
 from xmcgan_jax.eval import metrics
+from xmcgan_jax.eval import protocols
 from xmcgan_jax.eval import shapes_oracle
 from xmcgan_jax import run_dir
 from xmcgan_jax.sampling import sample as sample_lib
@@ -66,6 +67,12 @@ def eval_set(config, count: int,
   than held in memory.
   """
   if config.dataset == 'shapes':
+    if (config.eval_real_resize != 'bilinear' or
+        config.eval_image_size not in (0, config.image_size)):
+      raise errors.ConfigError(
+          'Shapes evaluates at image_size: leave eval_real_resize='
+          f"'bilinear' and eval_image_size=0 (got "
+          f'{config.eval_real_resize!r}, {config.eval_image_size}).')
     count = min(count, config.shapes_eval_size)
     real, truth, captions = shapes_oracle.validation_set(
         count, config.image_size, grid=config.shapes_grid,
@@ -78,7 +85,10 @@ def eval_set(config, count: int,
         os.path.join(directory, 'vocab.txt'),
         text_encoder_lib.vocab_is_lower_case(directory))
   data = pipeline.create_input_pipeline(config, tokenizer)
-  dataset = data.eval_dataset(config.eval_batch_size, count)
+  dataset = data.eval_dataset(config.eval_batch_size, count,
+                              caption=config.eval_caption,
+                              resize=config.eval_real_resize,
+                              size=config.eval_image_size)
   text = [b for b in pipeline.as_numpy(dataset.map(lambda ex: {
       k: ex[k] for k in ('caption', 'token_ids', 'token_mask', 'valid')}))]
   valid = lambda key: np.concatenate([b[key][b['valid']] for b in text])
@@ -89,6 +99,19 @@ def eval_set(config, count: int,
     for b in pipeline.as_numpy(dataset):
       yield np.round(b['image'][b['valid']] * 255).astype(np.uint8)
   return EvalSet(captions, tokens, images, None)
+
+
+def resize_generated(images: np.ndarray, config) -> np.ndarray:
+  """Generated uint8 images at the side the real ones have (eval_image_size),
+  by the real images' resize (centre crop and Lanczos, or bilinear)."""
+  size = config.eval_image_size or config.image_size
+  if size == images.shape[1]:
+    return images
+  if config.eval_real_resize == 'center_crop_lanczos':
+    return np.stack([pipeline.center_crop_lanczos(i, size) for i in images])
+  resized = tf.image.resize(images, [size, size], method='bilinear',
+                            antialias=True)
+  return np.round(np.clip(resized.numpy(), 0, 255)).astype(np.uint8)
 
 
 class Evaluator:
@@ -112,8 +135,8 @@ class Evaluator:
                    np.ndarray, np.ndarray]]] = None,
                features_digest: str = ''):
     self.workdir = workdir = run_dir.resolve(workdir)
-    self.config = run_dir.resolve_config(
-        config or run_dir.read_config(workdir))
+    self.config = protocols.apply(run_dir.resolve_config(
+        config or run_dir.read_config(workdir)))
     c = self.config
     examples = eval_set(c, c.eval_num_samples)
     self.captions, self.tokens = examples.captions, examples.tokens
@@ -143,6 +166,7 @@ class Evaluator:
       collected = [[] for _ in self.metrics]
       for images in sampler.sample_token_batches(
           ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
+        images = resize_generated(images, c)
         for metric, features in zip(self.metrics, collected):
           features.append(metric.features(images))
       for metric, features in zip(self.metrics, collected):

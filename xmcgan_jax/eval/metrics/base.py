@@ -196,7 +196,10 @@ def cached_real(config, name: str, provenance: Dict[str, Any],
                    cached['provenance'])
       return {k: cached[k] for k in cached.files if k != 'provenance'}
   arrays = compute()
-  provenance = dict(provenance, created=datetime.datetime.now(
+  provenance = dict(provenance, eval_protocol=config.eval_protocol,
+                    eval_real_resize=config.eval_real_resize,
+                    eval_image_size=config.eval_image_size or
+                    config.image_size, created=datetime.datetime.now(
       datetime.timezone.utc).isoformat())
   tf.io.gfile.makedirs(cache_dir)
   buffer = io.BytesIO()
@@ -209,10 +212,13 @@ def cached_real(config, name: str, provenance: Dict[str, Any],
 
 def real_cache_name(config, metric: str, count: int, digest: str,
                     resize: str) -> str:
-  """'[metric_]dataset_split_Spx_N_digest_resize.npz' (FID's has no
-  prefix, as its caches had before the plug-ins)."""
+  """'[metric_]dataset_split_Spx[_realresize]_N_digest_resize.npz' (FID's
+  has no prefix, as its caches had before the plug-ins)."""
   from xmcgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   split = pipeline.DATASETS[config.dataset].eval_split.replace('+', '_')
   prefix = f'{metric}_' if metric else ''
-  return (f'{prefix}{config.dataset}_{split}_{config.image_size}px_{count}_'
+  side = f'{config.eval_image_size or config.image_size}px'
+  if config.eval_real_resize != 'bilinear':  # How the reals got that side.
+    side += f'_{config.eval_real_resize}'
+  return (f'{prefix}{config.dataset}_{split}_{side}_{count}_'
           f'{digest[:8]}_{resize}.npz')

@@ -84,6 +84,7 @@ class FidInceptionScore(base.Metric):
 
   def __init__(self, inputs: base.EvalInputs):
     self._features, digest = inception_features(inputs)
+    self._splits = inputs.config.inception_score_splits
     self._real = real_statistics(inputs.config, self._features, digest,
                                  len(inputs.captions), inputs.real_images())
 
@@ -94,6 +95,6 @@ class FidInceptionScore(base.Metric):
              ) -> Dict[str, float]:
     pools = np.concatenate([f[0] for f in features])
     probs = np.concatenate([f[1] for f in features])
-    score, std = fid.inception_score(probs)
+    score, std = fid.inception_score(probs, splits=self._splits)
     return {'fid': fid.frechet_distance(*self._real, *fid.statistics(pools)),
             'inception_score': score, 'inception_score_std': std}
