@@ -234,6 +234,26 @@ def upgrade(config: ml_collections.ConfigDict) -> None:
         del holder[old_name]
 
 
+def _check_eval_fields(config: ml_collections.ConfigDict) -> None:
+  """validate's checks of the eval job's fields (absent in old runs)."""
+  bad = _bad
+  if config.fid_resize not in FID_RESIZE_MODES:
+    bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
+  for field, choices in (('eval_caption', EVAL_CAPTIONS),
+                         ('eval_real_resize', EVAL_REAL_RESIZES),
+                         ('eval_protocol', EVAL_PROTOCOLS)):
+    if config.get(field, choices[0]) not in choices:
+      bad(field, config[field], f'choose from {choices}.')
+  if config.get('inception_score_splits', 1) < 1:
+    bad('inception_score_splits', config.inception_score_splits,
+        'must be >= 1.')
+  if config.get('eval_image_size', 0) < 0:
+    bad('eval_image_size', config.eval_image_size, 'use 0 (= image_size) or '
+        'a side in pixels.')
+  if config.get('prdc_features', 'inception') not in PRDC_FEATURES:
+    bad('prdc_features', config.prdc_features, f'choose from {PRDC_FEATURES}.')
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None) -> None:
   """Raises ValueError naming the first bad field of `config`.
@@ -260,21 +280,7 @@ def validate(config: ml_collections.ConfigDict,
     bad('max_tokens', config.max_tokens, 'needs room for [CLS], a word, [SEP].')
   if config.dtype not in ('float32', 'bfloat16'):
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
-  if config.fid_resize not in FID_RESIZE_MODES:
-    bad('fid_resize', config.fid_resize, f'choose from {FID_RESIZE_MODES}.')
-  for field, choices in (('eval_caption', EVAL_CAPTIONS),
-                         ('eval_real_resize', EVAL_REAL_RESIZES),
-                         ('eval_protocol', EVAL_PROTOCOLS)):
-    if config.get(field, choices[0]) not in choices:
-      bad(field, config[field], f'choose from {choices}.')
-  if config.get('inception_score_splits', 1) < 1:
-    bad('inception_score_splits', config.inception_score_splits,
-        'must be >= 1.')
-  if config.get('eval_image_size', 0) < 0:
-    bad('eval_image_size', config.eval_image_size, 'use 0 (= image_size) or '
-        'a side in pixels.')
-  if config.get('prdc_features', 'inception') not in PRDC_FEATURES:
-    bad('prdc_features', config.prdc_features, f'choose from {PRDC_FEATURES}.')
+  _check_eval_fields(config)
   check_contrastive_negatives(config.contrastive_negatives)
   if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,
