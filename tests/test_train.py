@@ -335,6 +335,16 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
   assert older['step'] == 2 and older['raw/fid'] != result['raw/fid']
 
 
+def _evaluable_copy(straight_and_resumed, tmp_path) -> str:
+  """A copy of the tiny run with a quick Shapes oracle cached in it."""
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  workdir = shutil.copytree(straight_and_resumed[2], str(tmp_path / 'run'))
+  shapes_oracle.ShapesOracle.load_or_train(
+      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
+      train_examples=64, steps=5)
+  return workdir
+
+
 def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
   """config.clip_weights (a random CLIP in the Hugging Face layout) adds CLIP
   score, its cosine form and CLIP R-precision for raw, EMA and real images;
@@ -344,11 +354,7 @@ def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
-  _, _, workdir = straight_and_resumed
-  workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
-  shapes_oracle.ShapesOracle.load_or_train(
-      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
-      train_examples=64, steps=5)
+  workdir = _evaluable_copy(straight_and_resumed, tmp_path)
   config = run_dir.read_config(workdir)
   config.clip_weights = fake_data.write_random_clip(str(tmp_path / 'clip'))
   # 120 captions: R-precision needs more than 99.
@@ -385,12 +391,7 @@ def test_eval_mode_reports_every_metric(straight_and_resumed, tmp_path):
   import fake_data  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval import metrics  # pylint: disable=g-import-not-at-top
-  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
-  _, _, workdir = straight_and_resumed
-  workdir = shutil.copytree(workdir, str(tmp_path / 'run'))
-  shapes_oracle.ShapesOracle.load_or_train(
-      os.path.join(workdir, shapes_oracle.oracle_file_name(3)),
-      train_examples=64, steps=5)
+  workdir = _evaluable_copy(straight_and_resumed, tmp_path)
   config = run_dir.read_config(workdir)
   clip_dir = fake_data.write_random_clip(str(tmp_path / 'clip'))
   config.cmmd_clip_weights = clip_dir

@@ -366,11 +366,7 @@ class Clip:
   """
 
   def __init__(self, directory: str, batch_size: int = 256):
-    config_path = os.path.join(directory, 'config.json')
-    if not tf.io.gfile.exists(config_path):
-      raise errors.MissingFileError(
-          f'{config_path} not found: config.clip_weights must be a Hugging '
-          'Face CLIP directory (see README, Evaluation).')
+    config_path = hf_weights.config_path(directory, 'clip_weights', 'CLIP')
     self.directory = directory
     self.config = config = read_config(config_path)
     self.tokenizer = make_tokenizer(directory)

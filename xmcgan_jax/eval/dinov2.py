@@ -23,7 +23,6 @@ the fourth significant digit of the features. `position_offset` picks one
 
 import dataclasses
 import json
-import os
 from typing import Dict, Tuple
 
 import flax
@@ -292,11 +291,7 @@ class Dinov2:
 
   def __init__(self, directory: str, batch_size: int = 256,
                position_offset: float = RELEASE_OFFSET):
-    config_path = os.path.join(directory, 'config.json')
-    if not tf.io.gfile.exists(config_path):
-      raise errors.MissingFileError(
-          f'{config_path} not found: config.dinov2_weights must be a Hugging '
-          'Face DINOv2 directory (see README, Evaluation).')
+    config_path = hf_weights.config_path(directory, 'dinov2_weights', 'DINOv2')
     self.directory = directory
     self.config = read_config(config_path)
     model = Dinov2Model(self.config, position_offset)

@@ -49,6 +49,22 @@ def heads(num_heads: int, output: bool) -> Layout:
                      else w.reshape(-1)))
 
 
+def config_path(directory: str, field: str, model: str) -> str:
+  """DIRECTORY/config.json, or a MissingFileError naming the config field.
+
+  Args:
+    directory: a Hugging Face model directory.
+    field: the config field that named it (for the message).
+    model: what it should hold, e.g. 'CLIP' (for the message).
+  """
+  path = os.path.join(directory, 'config.json')
+  if not tf.io.gfile.exists(path):
+    raise errors.MissingFileError(
+        f'{path} not found: config.{field} must be a Hugging Face {model} '
+        'directory (see README, Evaluation).')
+  return path
+
+
 def read_tensors(directory: str, needs: str) -> Tuple[Dict[str, np.ndarray],
                                                       str]:
   """All tensors of model.safetensors (or its shards), and the file named.
