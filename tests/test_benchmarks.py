@@ -122,6 +122,10 @@ def test_ablation_tables_every_finished_run_of_the_study(tmp_path,
   finish('full', 1, 2, 0.9)
   finish('full', 0, 2, 0.7)
   finish('hinge_only', 0, 5, 0.1)  # Another study length: not this table.
+  # A variant trained for its own number of steps (config.json): its row.
+  finish('no_image', 0, 3, 0.3)
+  (tmp_path / 'no_image' / 'seed0' / 'config.json').write_text(
+      json.dumps({'num_train_steps': 3}))
   (tmp_path / 'full' / 'seed2').mkdir()  # Started, never evaluated.
   monkeypatch.chdir(ROOT)
   ablation.main(['--config=configs/tiny.py', f'--workdir={tmp_path}',
@@ -131,7 +135,8 @@ def test_ablation_tables_every_finished_run_of_the_study(tmp_path,
     rows = list(csv.DictReader(f))
   assert [(r['variant'], r['seed'], r['raw/oracle_colour_accuracy'])
           for r in rows] == [('full', '0', '0.7'), ('full', '1', '0.9'),
-                             ('no_word_region', '0', '0.5')]
+                             ('no_word_region', '0', '0.5'),
+                             ('no_image', '0', '0.3')]
   table = (tmp_path / 'summary.md').read_text()
   assert '| full | 2 | 80.00 ± 14.14 |' in table
   assert '| no_word_region | 1 | 50.00 |' in table and 'hinge_only' not in table

@@ -416,6 +416,7 @@ def test_eval_mode_reports_every_metric(straight_and_resumed, tmp_path):
     assert result[f'{name}/fd_dinov2'] > 0 and result[f'{name}/cmmd'] > 0
     assert 0 <= result[f'{name}/coverage'] <= 1
   assert result['raw/fd_dinov2'] != result['ema/fd_dinov2']
+  assert {f'eval_seconds/{n}' for n in metrics.names()} <= set(result)
   with open(os.path.join(workdir, 'eval', 'results.csv')) as f:
     header = f.readline().strip().split(',')
   assert {'raw/cmmd', 'ema/fd_dinov2', 'raw/density'} <= set(header)

@@ -12,7 +12,9 @@ CMMD, 'prdc' precision/recall/density/coverage; by default those whose
 weights the config names, and the oracle on Shapes). Real-image statistics
 are cached per metric, dataset, split, resolution, count, weights and
 resize. Results go to TensorBoard (WORKDIR/eval) and to WORKDIR/eval/results.jsonl
-and results.csv, one row per checkpoint.
+and results.csv, one row per checkpoint, with each metric's seconds on the
+generated images (eval_seconds/<metric>: its network and arithmetic, not the
+sampling).
 """
 
 import csv
@@ -162,19 +164,27 @@ class Evaluator:
     sampler = self._sampler
     out = {'step': sampler.step}
     ids, mask = self.tokens or sampler.tokenize(self.captions)
+    # Each metric's own time (features and scores of both generators), so
+    # that a user sees what every metric costs on their machine.
+    seconds = {metric.name: 0.0 for metric in self.metrics}
     for name, ema in (('raw', False), ('ema', True)):
       collected = [[] for _ in self.metrics]
       for images in sampler.sample_token_batches(
           ids, mask, seed=c.seed + 2, ema=ema, batch_size=c.eval_batch_size):
         images = resize_generated(images, c)
         for metric, features in zip(self.metrics, collected):
+          start = time.perf_counter()
           features.append(metric.features(images))
+          seconds[metric.name] += time.perf_counter() - start
       for metric, features in zip(self.metrics, collected):
+        start = time.perf_counter()
         out.update({f'{name}/{k}': v
                     for k, v in metric.scores(features).items()})
+        seconds[metric.name] += time.perf_counter() - start
     for metric in self.metrics:  # The ceilings, from the real images.
       out.update({f'real/{k}': v for k, v in metric.reference().items()})
     out['num_images'] = len(self.captions)
+    out.update({f'eval_seconds/{k}': v for k, v in seconds.items()})
     return out
 
 
