@@ -16,8 +16,9 @@ The feature is the class token after the final LayerNorm (the release's
 At 224 px the 37 x 37 position embeddings of the 518 px checkpoints are
 resized to 16 x 16 by torch's bicubic interpolation. The DINOv2 release
 (torch.hub, what dgm-eval runs) asks torch for a scale factor of
-(16 + 0.1) / 37, transformers for an output size of 16: the two differ in
-the fourth significant digit of the features. `position_offset` picks one
+(16 + 0.1) / 37, transformers for an output size of 16: the sampling
+points move by 0.01 to 0.22 of a cell (edge to edge), so the features differ
+(not measured on the published weights here). `position_offset` picks one
 (0.1: the release, the default; 0: transformers).
 """
 
