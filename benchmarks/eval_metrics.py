@@ -59,13 +59,16 @@ def _clip_tower(vision: Dict[str, int]) -> Callable:
                                           method=clip.ClipModel.embed_images)
 
 
-def networks() -> Dict[str, Callable[[], Callable[[np.ndarray], object]]]:
-  """name -> builder of (uint8 images -> features) with random weights."""
+def networks(batch: int
+             ) -> Dict[str, Callable[[], Callable[[np.ndarray], object]]]:
+  """name -> builder of (uint8 images -> features) with random weights, for
+  calls of `batch` images."""
 
   def fid_inception():
     params = jax.jit(lambda: inception.FIDInceptionV3().init(
         jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3))))()['params']
-    return inception.InceptionFeatures(params, batch_size=256)
+    # Its batches are padded to batch_size: the timed batch, not more.
+    return inception.InceptionFeatures(params, batch_size=batch)
 
   def clip_b32():  # 'clip': CLIP's own PIL preprocessing.
     params, fn = _clip_tower(_CLIP_B32)
@@ -145,11 +148,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = p.parse_args(argv)
   images = np.random.default_rng(0).integers(
       0, 256, (args.images, 64, 64, 3), np.uint8)
-  chosen = [n for n in networks() if not args.networks or any(
+  builders = networks(args.images)
+  chosen = [n for n in builders if not args.networks or any(
       n.startswith(w) for w in args.networks.split(','))]
   rows = []
   for name in chosen:
-    first, ms = time_network(networks()[name], images, args.repeats)
+    first, ms = time_network(builders[name], images, args.repeats)
     # Shapes default: raw + EMA generated, the reals once (then cached).
     rows.append([name, f'{first:.1f}', f'{ms:.1f}',
                  f'{3 * 2000 * ms / 6e4:.1f}', f'{3 * 30000 * ms / 6e4:.0f}'])
