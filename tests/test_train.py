@@ -382,6 +382,7 @@ def test_eval_mode_reports_clip_metrics(straight_and_resumed, tmp_path):
     evaluate.Evaluator(workdir, config)
 
 
+@pytest.mark.slow
 def test_eval_mode_reports_every_metric(straight_and_resumed, tmp_path):
   """Every plug-in at once on the tiny run: random CLIP (for 'clip' and
   'cmmd') and DINOv2 (for 'fd_dinov2' and PRDC on its features) in the
