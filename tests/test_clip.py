@@ -157,7 +157,12 @@ def test_clip_score_by_hand():
           num_hidden_layers=24, patch_size=14),
      dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
           num_hidden_layers=12), 768),
-], ids=['ViT-B-32', 'ViT-L-14'])
+    # ViT-L/14@336 (CMMD's): 577 positions.
+    (dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+          num_hidden_layers=24, patch_size=14, image_size=336),
+     dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+          num_hidden_layers=12), 768),
+], ids=['ViT-B-32', 'ViT-L-14', 'ViT-L-14-336'])
 def test_published_shapes_map_onto_flax(tmp_path, vision, text, projection):
   """Every tensor of a transformers CLIPModel of the published shapes (built
   on the meta device: no memory) maps onto our parameters with its shape."""
@@ -171,10 +176,11 @@ def test_published_shapes_map_onto_flax(tmp_path, vision, text, projection):
                  transformers.CLIPModel(config).state_dict().items()
                  if not k.endswith('position_ids')}
   ours = clip.read_config(str(tmp_path / 'config.json'))
-  assert ours.image_size == 224 and ours.vocab_size == 49408
+  side = vision.get('image_size', 224)
+  assert ours.image_size == side and ours.vocab_size == 49408
   flat = jax.tree_util.tree_flatten_with_path(jax.eval_shape(
       lambda: clip.ClipModel(ours).init(
-          jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.float32),
+          jax.random.PRNGKey(0), np.zeros((1, side, side, 3), np.float32),
           np.zeros((1, 2), np.int32), np.ones((1,), np.int32)))['params'])[0]
   flax_shapes = {tuple(k.key for k in path): v.shape for path, v in flat}
   names = clip.tensor_names(ours)

@@ -49,8 +49,8 @@ EVAL_DIR = 'eval'
 
 # Config fields that hold a file or directory path ('' = unset).
 PATH_FIELDS = ('data_dir', 'manual_dir', 'inception_weights', 'fid_stats_dir',
-               'clip_weights', 'image_encoder.weights',
-               'compilation_cache_dir')
+               'clip_weights', 'cmmd_clip_weights', 'dinov2_weights',
+               'image_encoder.weights', 'compilation_cache_dir')
 
 
 def missing_run(workdir: str) -> errors.MissingFileError:

@@ -76,7 +76,9 @@ def check_files(config) -> None:
   """Fails fast, naming the field, when a configured file does not exist."""
   for field, path in (('image_encoder.weights', config.image_encoder.weights),
                       ('inception_weights', config.inception_weights),
-                      ('clip_weights', config.clip_weights)):
+                      ('clip_weights', config.clip_weights),
+                      ('cmmd_clip_weights', config.cmmd_clip_weights),
+                      ('dinov2_weights', config.dinov2_weights)):
     if path and not tf.io.gfile.exists(path):
       raise errors.MissingFileError(
           f'config.{field}={path!r}: file not found.')
