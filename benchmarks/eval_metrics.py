@@ -30,8 +30,9 @@ from xmcgan_jax.eval.metrics import cmmd
 from xmcgan_jax.eval.metrics import prdc
 
 # The published shapes (Hugging Face config.json values).
-_CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                 num_hidden_layers=12, image_size=224, patch_size=32)
+_CLIP_B32 = dict(hidden_size=768, intermediate_size=3072,
+                 num_attention_heads=12, num_hidden_layers=12, image_size=224,
+                 patch_size=32)
 _CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096,
                      num_attention_heads=16, num_hidden_layers=24,
                      image_size=336, patch_size=14)

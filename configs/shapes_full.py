@@ -1,6 +1,7 @@
 """The full Shapes task: 1-3 objects in a 3x3 grid, sized for an hour on a CPU.
 
-  python -m xmcgan_jax.main --config=configs/shapes_full.py --workdir=workdirs/shapes_full
+  python -m xmcgan_jax.main --config=configs/shapes_full.py \
+      --workdir=workdirs/shapes_full
 
 The default (`configs/shapes.py`) draws one object in a 2x2 grid; this config
 keeps its networks and Shapes-only options (mirror pairs, the text-fed stem,
@@ -22,7 +23,8 @@ def get_config():
   c.shapes_max_objects = 3  # 1-3 objects per image.
   # Three-object captions have at most 35 word pieces with [CLS] and [SEP].
   c.max_tokens = 40
-  # About an hour on 2 cores (the word-region term grows with tokens).
+  # About an hour on 2 cores, estimated: 4,000 steps of this task took 20.8
+  # minutes (docs/shapes.md); the whole run has not been timed yet.
   c.num_train_steps = 10_000
   c.ema_decay = 0.999  # A 1,000-step horizon for a 10,000-step run.
   c.checkpoint_every_steps = 1_000

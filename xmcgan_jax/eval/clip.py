@@ -206,6 +206,10 @@ class ClipModel(nn.Module):
     return images, texts, logits
 
 
+# Layouts of Hugging Face tensors (hf_weights).
+_SAME, _LINEAR, _CONV = hf_weights.SAME, hf_weights.LINEAR, hf_weights.CONV
+
+
 def _tower_names(prefix: str, flax_tower: str, config: TowerConfig
                  ) -> hf_weights.Names:
   names = []
@@ -218,41 +222,41 @@ def _tower_names(prefix: str, flax_tower: str, config: TowerConfig
         names.append((f'{hf}.self_attn.{proj}.{field}',
                       fx + ('self_attn', flax_name, flax_field),
                       layout if field == 'weight' or proj != 'out_proj'
-                      else hf_weights.SAME))
+                      else _SAME))
     for module in ('layer_norm1', 'layer_norm2'):
-      names.append((f'{hf}.{module}.weight', fx + (module, 'scale'), hf_weights.SAME))
-      names.append((f'{hf}.{module}.bias', fx + (module, 'bias'), hf_weights.SAME))
+      names.append((f'{hf}.{module}.weight', fx + (module, 'scale'), _SAME))
+      names.append((f'{hf}.{module}.bias', fx + (module, 'bias'), _SAME))
     for module in ('fc1', 'fc2'):
       names.append((f'{hf}.mlp.{module}.weight', fx + (module, 'kernel'),
-                    hf_weights.LINEAR))
-      names.append((f'{hf}.mlp.{module}.bias', fx + (module, 'bias'), hf_weights.SAME))
+                    _LINEAR))
+      names.append((f'{hf}.mlp.{module}.bias', fx + (module, 'bias'), _SAME))
   names.append((f'{prefix}.embeddings.position_embedding.weight',
-                (flax_tower, 'position_embedding'), hf_weights.SAME))
+                (flax_tower, 'position_embedding'), _SAME))
   return names
 
 
 def tensor_names(config: ClipConfig) -> hf_weights.Names:
   """(Hugging Face tensor name, Flax parameter path, layout) of every weight."""
   def norm(hf, flax_name):
-    return [(f'{hf}.weight', (flax_name, 'scale'), hf_weights.SAME),
-            (f'{hf}.bias', (flax_name, 'bias'), hf_weights.SAME)]
+    return [(f'{hf}.weight', (flax_name, 'scale'), _SAME),
+            (f'{hf}.bias', (flax_name, 'bias'), _SAME)]
   return (
       _tower_names('vision_model', 'vision', config.vision) +
       _tower_names('text_model', 'text', config.text) +
       # 'pre_layrnorm' (sic) is Hugging Face's name; ours is in the tower.
       [(f'vision_model.pre_layrnorm.{f}', ('vision', 'pre_layernorm', g),
-        hf_weights.SAME) for f, g in (('weight', 'scale'), ('bias', 'bias'))] +
+        _SAME) for f, g in (('weight', 'scale'), ('bias', 'bias'))] +
       norm('vision_model.post_layernorm', 'post_layernorm') +
       norm('text_model.final_layer_norm', 'final_layer_norm') +
       [('vision_model.embeddings.patch_embedding.weight',
-        ('patch_embedding', 'kernel'), hf_weights.CONV),
+        ('patch_embedding', 'kernel'), _CONV),
        ('vision_model.embeddings.class_embedding', ('class_embedding',),
-        hf_weights.SAME),
+        _SAME),
        ('text_model.embeddings.token_embedding.weight',
-        ('token_embedding', 'embedding'), hf_weights.SAME),
-       ('visual_projection.weight', ('visual_projection', 'kernel'), hf_weights.LINEAR),
-       ('text_projection.weight', ('text_projection', 'kernel'), hf_weights.LINEAR),
-       ('logit_scale', ('logit_scale',), hf_weights.SAME)])
+        ('token_embedding', 'embedding'), _SAME),
+       ('visual_projection.weight', ('visual_projection', 'kernel'), _LINEAR),
+       ('text_projection.weight', ('text_projection', 'kernel'), _LINEAR),
+       ('logit_scale', ('logit_scale',), _SAME)])
 
 
 def load_params(directory: str, config: ClipConfig) -> Dict:
