@@ -291,6 +291,28 @@ def test_tf_free_wordpiece_equals_tf_text():
     np.testing.assert_array_equal(mask, tf_mask)
 
 
+@needs_minilm
+def test_random_weights_keep_the_architecture_and_are_fixed():
+  """text_encoder_weights='random': the pretrained tree's shapes, other
+  values, the same values on every load; an unknown value names the field."""
+  pretrained = te.load_text_encoder('all-MiniLM-L6-v2')
+  random_a = te.load_text_encoder('all-MiniLM-L6-v2', weights='random')
+  random_b = te.load_text_encoder('all-MiniLM-L6-v2', weights='random')
+  shapes = lambda p: jax.tree.map(lambda x: x.shape, p)
+  assert shapes(random_a.params) == shapes(pretrained.params)
+  jax.tree.map(np.testing.assert_array_equal, random_a.params, random_b.params)
+  ids, mask = random_a.tokenize(['a red square at the top left',
+                                 'a red square at the top right'], 16)
+  words, sentence = random_a.encode(ids, mask)
+  _, pretrained_sentence = pretrained.encode(ids, mask)
+  assert not np.allclose(sentence, pretrained_sentence, atol=1e-2)
+  # 'left' and 'right' (the only differing token) give different features.
+  differs = np.abs(np.asarray(words[0] - words[1])).max(-1) > 1e-3
+  assert differs[mask[0]].any()
+  with pytest.raises(ValueError, match='text_encoder_weights'):
+    te.load_text_encoder('all-MiniLM-L6-v2', weights='randomised')
+
+
 def test_sentence_poolings_mean_and_release_sum():
   """'mean' averages real tokens only; 'release_sum' is the 2021 release's
   sum over every position, padding included, over the real length."""

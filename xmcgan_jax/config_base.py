@@ -116,6 +116,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Sentence feature: 'mean' of real tokens, 'pooler', or 'release_sum' (the
   # 2021 release's bug: padding positions summed in; docs/fidelity.md).
   c.text_pooling = 'mean'
+  # 'pretrained' weights, or 'random': the encoder's architecture and vocab
+  # with frozen Flax-default weights (seed 0), a diagnostic (docs/ablation.md).
+  c.text_encoder_weights = 'pretrained'
   # Encode every distinct training caption once at start-up and look the
   # features up in the step instead of running the encoder on each batch
   # (equal up to float rounding). Only for closed caption sets (Shapes);

@@ -88,7 +88,8 @@ class Sampler:
     config = run_dir.resolve_config(config)
     text = text_encoder_lib.load_text_encoder(
         config.text_encoder, pooling=config.text_pooling,
-        dtype=jnp.dtype(config.dtype))
+        dtype=jnp.dtype(config.dtype),
+        weights=config.get('text_encoder_weights', 'pretrained'))
     generator, _ = models.build_models(config, text.width)
     checkpointer = run_dir.Checkpointer(
         os.path.join(workdir, run_dir.CHECKPOINT_DIR),

@@ -143,6 +143,11 @@ class BertEncoder(nn.Module):
 
 
 POOLINGS = ('mean', 'pooler', 'release_sum')
+# 'pretrained': the directory's model.safetensors. 'random': the directory's
+# architecture and vocab with Flax's default initial weights (seed 0), frozen
+# like the pretrained ones: a diagnostic of what pretraining gives the
+# captions (docs/ablation.md).
+WEIGHTS = ('pretrained', 'random')
 
 
 def release_sum(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -382,8 +387,20 @@ def load_safetensors(path: str) -> Dict[str, np.ndarray]:
                      ) from None
 
 
+def random_params(config: BertConfig) -> Dict[str, Any]:
+  """Flax's default initial weights of a BertEncoder, always from seed 0.
+
+  The seed is fixed so that training, sampling and evaluation of one run
+  see the same frozen encoder.
+  """
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return BertEncoder(config).init(jax.random.PRNGKey(0), ids,
+                                  jnp.ones((1, 2), bool))['params']
+
+
 def load_text_encoder(name_or_path: str, pooling: str = 'mean',
-                      dtype: Dtype = jnp.float32) -> TextEncoder:
+                      dtype: Dtype = jnp.float32,
+                      weights: str = 'pretrained') -> TextEncoder:
   """Loads a frozen BERT encoder without torch.
 
   Args:
@@ -391,16 +408,23 @@ def load_text_encoder(name_or_path: str, pooling: str = 'mean',
     pooling: sentence feature: 'mean' over real tokens, 'pooler' or
       'release_sum' (the 2021 release's, padding included).
     dtype: compute dtype of the encoder.
+    weights: 'pretrained' (model.safetensors) or 'random' (random_params).
 
   Returns:
     The TextEncoder.
   """
   if pooling not in POOLINGS:
     raise errors.ConfigError(f'pooling={pooling!r}; use one of {POOLINGS}.')
+  if weights not in WEIGHTS:
+    raise errors.ConfigError(
+        f'config.text_encoder_weights={weights!r}; use one of {WEIGHTS}.')
   directory = resolve_text_encoder_dir(name_or_path)
   config = BertConfig.from_json(os.path.join(directory, 'config.json'))
-  weights = os.path.join(directory, 'model.safetensors')
-  params = params_from_hf(load_safetensors(weights), config, weights)
+  if weights == 'random':
+    params = random_params(config)
+  else:
+    path = os.path.join(directory, 'model.safetensors')
+    params = params_from_hf(load_safetensors(path), config, path)
   return TextEncoder(module=BertEncoder(config, dtype=dtype),
                      params=jax.tree.map(jnp.asarray, params),
                      vocab_path=os.path.join(directory, 'vocab.txt'),

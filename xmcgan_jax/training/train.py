@@ -88,7 +88,8 @@ def load_text_encoder(config) -> text_encoder_lib.TextEncoder:
   """The frozen text encoder of a config, checked against max_tokens."""
   encoder = text_encoder_lib.load_text_encoder(
       config.text_encoder, pooling=config.text_pooling,
-      dtype=jnp.dtype(config.dtype))
+      dtype=jnp.dtype(config.dtype),
+      weights=config.get('text_encoder_weights', 'pretrained'))
   limit = encoder.module.config.max_position_embeddings
   if config.max_tokens > limit:
     raise errors.ConfigError(
