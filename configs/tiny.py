@@ -31,4 +31,5 @@ def get_config():
   c.num_sample_captions = 4
   c.eval_num_samples = 16
   c.eval_batch_size = 8
+  c.standing_stats_passes = 3  # Sampling's EMA statistics: 3 G forwards.
   return c

@@ -153,6 +153,7 @@ def test_bfloat16_encoder_computes_in_bfloat16_close_to_float32(
   _close(got, f32.features_fn()(f32.params, images), rtol=5e-2)
 
 
+@pytest.mark.slow  # A train step with ResNet-50 (half a minute): CI runs it.
 def test_train_step_with_resnet50_on_eight_devices(keras_resnet50):
   _, path = keras_resnet50
   encoder = ie.load_image_encoder('resnet50', path)

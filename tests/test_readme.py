@@ -26,7 +26,7 @@ TINY_RUN = ['--config.num_train_steps=2', '--config.shapes_train_size=64',
             '--config.shapes_eval_size=32', '--config.shuffle_buffer=64',
             '--config.checkpoint_every_steps=1', '--config.log_every_steps=1',
             '--config.sample_every_steps=2', '--config.eval_num_samples=32',
-            '--config.eval_batch_size=16']
+            '--config.eval_batch_size=16', '--config.standing_stats_passes=3']
 
 
 def code_blocks(language: str, section: str = ''):

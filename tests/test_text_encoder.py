@@ -234,6 +234,7 @@ def test_safetensors_dtypes_and_a_corrupt_file(tmp_path):
     te.load_safetensors(path)
 
 
+@pytest.mark.slow  # Two train step compiles (half a minute): CI runs it.
 def test_train_step_runs_the_encoder_on_token_ids():
   """Token ids through the in-step encoder == through its feature table."""
   config = te.BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16,

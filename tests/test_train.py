@@ -41,13 +41,15 @@ def _arrays(state):
 
 @pytest.fixture(scope='module')
 def straight_and_resumed(tmp_path_factory, data_dir):
-  """4 steps in one go, and 2 + 2 with a restart (fresh train)."""
+  """4 steps in one go, and the same run resumed (fresh train) from its
+  step-2 checkpoint, as after a kill between the two checkpoints."""
   straight_dir = str(tmp_path_factory.mktemp('straight'))
   straight = train.train(_tiny(data_dir), straight_dir)
   resumed_dir = str(tmp_path_factory.mktemp('resumed'))
-  half = train.train(_tiny(data_dir, num_train_steps=2),
-                                  resumed_dir)
-  assert int(half.step) == 2
+  checkpoints = os.path.join(resumed_dir, 'checkpoints')
+  shutil.copytree(os.path.join(straight_dir, 'checkpoints'), checkpoints)
+  shutil.rmtree(os.path.join(checkpoints, '4'))
+  assert run_dir.Checkpointer(checkpoints, keep=2).all_steps() == [2]
   resumed = train.train(_tiny(data_dir), resumed_dir)
   return straight, resumed, resumed_dir
 
@@ -236,6 +238,11 @@ def test_sampling_api(straight_and_resumed):
   np.testing.assert_array_equal(b, sampler.sample(captions, seed=0))
   assert not np.array_equal(a, sampler.sample(captions, seed=1))
   assert not np.array_equal(a, sampler.sample(captions, seed=0, ema=False))
+  # The EMA statistics come from config.standing_stats_passes forwards.
+  passes = sampler.config.standing_stats_passes
+  sampler.config.standing_stats_passes = passes + 1
+  assert not np.array_equal(b, sampler.sample(captions, seed=0))
+  sampler.config.standing_stats_passes = passes
   # It read G's weights only, and exactly the trained ones; load_step swaps
   # in another checkpoint's.
   weights = sampler._state  # pylint: disable=protected-access

@@ -48,6 +48,23 @@ def _image_encoder() -> ml_collections.ConfigDict:
   return e
 
 
+def _add_text_encoder_fields(c: ml_collections.ConfigDict) -> None:
+  """The frozen text encoder's fields (top level, as saved runs saw them)."""
+  # Frozen BERT family, run inside the train step.
+  c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.
+  # Sentence feature: 'mean' of real tokens, 'pooler', or 'release_sum' (the
+  # 2021 release's bug: padding positions summed in; docs/fidelity.md).
+  c.text_pooling = 'mean'
+  # 'pretrained' weights, or 'random': the encoder's architecture and vocab
+  # with frozen Flax-default weights (seed 0), a diagnostic (docs/ablation.md).
+  c.text_encoder_weights = 'pretrained'
+  # Encode every distinct training caption once at start-up and look the
+  # features up in the step instead of running the encoder on each batch
+  # (equal up to float rounding). Only for closed caption sets (Shapes);
+  # a caption outside the set stops the run with an error naming it.
+  c.text_feature_table = False
+
+
 def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   """The eval job's fields (top level, as runs saved before saw them)."""
   # 'ours', 'release_2021' or 'clean_fid_coco30k' (eval/protocols.py): sets
@@ -55,6 +72,9 @@ def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   c.eval_protocol = 'ours'
   c.eval_num_samples = 30_000  # Generated images for FID/IS (paper: 30k).
   c.eval_batch_size = 256  # Global batch of evaluation sampling.
+  # Train-mode forwards of the EMA generator (64 captions each, fresh noise)
+  # that give it its own BatchNorm statistics for sampling and evaluation.
+  c.standing_stats_passes = 50
   # Caption of each eval image: 'first' of its captions or a 'random' one
   # (fixed by the data seed).
   c.eval_caption = 'first'
@@ -111,19 +131,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # batch; halves the records per batch).
   c.mirror_pairs = False
 
-  # Text encoder (frozen BERT family, run inside the train step).
-  c.text_encoder = 'bert-base-uncased'  # Local dir, package or HF cache name.
-  # Sentence feature: 'mean' of real tokens, 'pooler', or 'release_sum' (the
-  # 2021 release's bug: padding positions summed in; docs/fidelity.md).
-  c.text_pooling = 'mean'
-  # 'pretrained' weights, or 'random': the encoder's architecture and vocab
-  # with frozen Flax-default weights (seed 0), a diagnostic (docs/ablation.md).
-  c.text_encoder_weights = 'pretrained'
-  # Encode every distinct training caption once at start-up and look the
-  # features up in the step instead of running the encoder on each batch
-  # (equal up to float rounding). Only for closed caption sets (Shapes);
-  # a caption outside the set stops the run with an error naming it.
-  c.text_feature_table = False
+  _add_text_encoder_fields(c)
 
   # Model.
   c.g_width = 96  # gf: generator base channels.
@@ -294,7 +302,7 @@ def validate(config: ml_collections.ConfigDict,
   for field in ('batch_size', 'd_steps_per_g_step', 'num_train_steps',
                 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'sample_every_steps', 'g_width',
-                'd_width', 'z_dim'):
+                'd_width', 'z_dim', 'standing_stats_passes'):
     check_positive(field, config[field])
   if num_devices and config.batch_size % num_devices:
     bad('batch_size', config.batch_size,

@@ -149,8 +149,9 @@ class Sampler:
     z = np.asarray(generate.noise(seed, len(ids), self.config.z_dim))
     g_state = self._state.g_state
     if ema:  # From the first captions, whatever the sampling batch size.
-      g_state = self.standing_statistics(ids[:_STANDING_BATCH],
-                                         mask[:_STANDING_BATCH])
+      g_state = self.standing_statistics(
+          ids[:_STANDING_BATCH], mask[:_STANDING_BATCH],
+          passes=self.config.standing_stats_passes)
     for start in range(0, len(ids), batch_size):
       chunk = slice(start, start + batch_size)
       n = len(ids[chunk])
