@@ -187,6 +187,25 @@ def test_missing_weights_fail_before_compiling(data_dir, tmp_path):
     train.train(config, str(tmp_path / 'w'))
 
 
+def test_local_weight_files_are_checked_without_tensorflow(tmp_path):
+  """The CLI reports a missing local weight file before importing TF."""
+  script = '\n'.join([
+      'import sys',
+      'from xmcgan_jax import config_base, errors, run_dir',
+      'config = config_base.get_base_config()',
+      f'config.clip_weights = {str(tmp_path / "clip")!r}',
+      'try:',
+      '  run_dir.check_files(config)',
+      'except errors.MissingFileError as e:',
+      '  print(e)',
+      "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"])
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "config.clip_weights='" in result.stdout
+  assert 'file not found' in result.stdout
+
+
 def _cli(workdir, *args):
   return [sys.executable, '-m', 'xmcgan_jax.main',
           '--config=' + os.path.join(ROOT, 'configs', 'tiny.py'),

@@ -153,11 +153,14 @@ def _start_and_run(workdir: str) -> None:
 def _check_before_jax(workdir: str) -> None:
   """The user errors found without JAX or TensorFlow: reported in a second.
 
-  The config's fields (all but the device count, which needs JAX) for
-  training; the run's config.json for sampling and evaluation.
+  The config's fields (all but the device count, which needs JAX) and its
+  local weight files for training; the run's config.json for sampling and
+  evaluation.
   """
   if _MODE.value == 'train':
-    config_base.validate(run_dir.resolve_config(flags.FLAGS.config))
+    config = run_dir.resolve_config(flags.FLAGS.config)
+    config_base.validate(config)
+    run_dir.check_files(config)
     return
   if _MODE.value == 'eval' and flags.FLAGS.config is not None:
     return

@@ -100,6 +100,32 @@ def resolve_config(config: ml_collections.ConfigDict
 # config.json -------------------------------------------------------------
 
 
+def _exists(path: str) -> bool:
+  if is_remote(path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def check_files(config) -> None:
+  """Fails fast, naming the field, when a configured file does not exist.
+
+  Local paths are checked without TensorFlow, so the training CLI reports
+  them before starting JAX and TensorFlow (seconds); URLs need tf.io.gfile.
+
+  Raises:
+    MissingFileError: the first missing file.
+  """
+  for field, path in (('image_encoder.weights', config.image_encoder.weights),
+                      ('inception_weights', config.inception_weights),
+                      ('clip_weights', config.clip_weights),
+                      ('cmmd_clip_weights', config.cmmd_clip_weights),
+                      ('dinov2_weights', config.dinov2_weights)):
+    if path and not _exists(path):
+      raise errors.MissingFileError(
+          f'config.{field}={path!r}: file not found.')
+
+
 def _read(path: str) -> str:
   if is_remote(path):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

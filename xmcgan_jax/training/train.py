@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
-import tensorflow as tf
 
 from xmcgan_jax import config_base
 from xmcgan_jax.data import pipeline
@@ -70,18 +69,6 @@ class _Preemption:
       return (self.requested or
               multihost_utils.reached_preemption_sync_point(step))
     return self.requested
-
-
-def check_files(config) -> None:
-  """Fails fast, naming the field, when a configured file does not exist."""
-  for field, path in (('image_encoder.weights', config.image_encoder.weights),
-                      ('inception_weights', config.inception_weights),
-                      ('clip_weights', config.clip_weights),
-                      ('cmmd_clip_weights', config.cmmd_clip_weights),
-                      ('dinov2_weights', config.dinov2_weights)):
-    if path and not tf.io.gfile.exists(path):
-      raise errors.MissingFileError(
-          f'config.{field}={path!r}: file not found.')
 
 
 def load_text_encoder(config) -> text_encoder_lib.TextEncoder:
@@ -172,7 +159,7 @@ def setup(config, workdir: str) -> TrainingRun:
     raise errors.ConfigError(
         f'config.batch_size={config.batch_size} is not divisible by the '
         f'{process_count} processes.')
-  check_files(config)
+  run_dir.check_files(config)
   text = load_text_encoder(config)
   tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
   if process_index == 0:
