@@ -160,7 +160,7 @@ def _check_before_jax(workdir: str) -> None:
   if _MODE.value == 'train':
     config = run_dir.resolve_config(flags.FLAGS.config)
     config_base.validate(config)
-    run_dir.check_files(config)
+    run_dir.check_files(config, remote=False)  # URLs: after TF's import.
     return
   if _MODE.value == 'eval' and flags.FLAGS.config is not None:
     return

@@ -107,11 +107,16 @@ def _exists(path: str) -> bool:
   return os.path.exists(path)
 
 
-def check_files(config) -> None:
+def check_files(config, remote: bool = True) -> None:
   """Fails fast, naming the field, when a configured file does not exist.
 
   Local paths are checked without TensorFlow, so the training CLI reports
   them before starting JAX and TensorFlow (seconds); URLs need tf.io.gfile.
+
+  Args:
+    config: an experiment config.
+    remote: also check URLs (imports TensorFlow). The CLI's pre-JAX check
+      leaves them to training setup, after TensorFlow's quiet import.
 
   Raises:
     MissingFileError: the first missing file.
@@ -121,7 +126,9 @@ def check_files(config) -> None:
                       ('clip_weights', config.clip_weights),
                       ('cmmd_clip_weights', config.cmmd_clip_weights),
                       ('dinov2_weights', config.dinov2_weights)):
-    if path and not _exists(path):
+    if not path or (is_remote(path) and not remote):
+      continue
+    if not _exists(path):
       raise errors.MissingFileError(
           f'config.{field}={path!r}: file not found.')
 

@@ -149,9 +149,8 @@ class Sampler:
     z = np.asarray(generate.noise(seed, len(ids), self.config.z_dim))
     g_state = self._state.g_state
     if ema:  # From the first captions, whatever the sampling batch size.
-      g_state = self.standing_statistics(
-          ids[:_STANDING_BATCH], mask[:_STANDING_BATCH],
-          passes=self.config.standing_stats_passes)
+      g_state = self.standing_statistics(ids[:_STANDING_BATCH],
+                                         mask[:_STANDING_BATCH])
     for start in range(0, len(ids), batch_size):
       chunk = slice(start, start + batch_size)
       n = len(ids[chunk])
@@ -163,14 +162,16 @@ class Sampler:
 
   def standing_statistics(self, ids: np.ndarray, mask: np.ndarray,
                           batch_size: int = _STANDING_BATCH,
-                          passes: int = 50):
+                          passes: Optional[int] = None):
     """BatchNorm statistics of the EMA weights on these captions.
 
-    `passes` train-mode forwards with fresh noise over the captions (cycled
-    to a fixed batch_size, so the result does not depend on how sampling is
-    batched); with momentum 0.9 the raw generator's statistics decay to
-    0.9**passes of their weight.
+    `passes` (default: config.standing_stats_passes) train-mode forwards
+    with fresh noise over the captions (cycled to a fixed batch_size, so the
+    result does not depend on how sampling is batched); with momentum 0.9
+    the raw generator's statistics decay to 0.9**passes of their weight.
     """
+    if passes is None:
+      passes = self.config.standing_stats_passes
     key = (ids.tobytes(), mask.tobytes(), batch_size, passes)
     if self._standing_cache[0] == key:
       return self._standing_cache[1]
