@@ -54,6 +54,8 @@ VARIANTS: Dict[str, Tuple[Dict[str, object], int]] = {
 METRICS = [
     ('raw/oracle_colour_accuracy', 'colour in cell %', 100.0),
     ('raw/oracle_object_accuracy', 'object exact %', 100.0),
+    ('raw/oracle_shape_accuracy', 'shape in cell %', 100.0),
+    ('raw/oracle_size_accuracy', 'size in cell %', 100.0),
     ('raw/oracle_image_accuracy', 'image exact %', 100.0),
     ('raw/r_precision', 'R-precision %', 100.0),
     ('raw/oracle_frechet_distance', 'oracle FD', 1.0),

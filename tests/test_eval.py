@@ -154,3 +154,23 @@ def test_generated_images_take_the_real_images_resize():
       Image.fromarray(images[1]).resize((40, 40), Image.LANCZOS)))
   config.eval_real_resize = 'bilinear'
   assert evaluate.resize_generated(images, config).shape == (2, 40, 40, 3)
+
+
+def test_shapes_alignment_names_the_attribute_that_is_wrong():
+  """Per-attribute accuracies of the oracle's reading of a generated image."""
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  # Two images, 2x2 grid (shape incl. empty, colour, size; -1 when empty).
+  truth = np.array([[[1, 0, 0], [0, -1, -1], [0, -1, -1], [0, -1, -1]],
+                    [[0, -1, -1], [2, 3, 1], [3, 5, 0], [0, -1, -1]]])
+  predicted = truth.copy()
+  predicted[0, 0] = (2, 0, 0)  # Circle drawn as a square: shape wrong.
+  predicted[1, 1] = (2, 3, 0)  # Large drawn small: size wrong.
+  predicted[1, 2] = (0, -1, -1)  # Object missing: every attribute wrong.
+  out = shapes_oracle.alignment(predicted, truth)
+  assert out == pytest.approx({
+      'object_accuracy': 0.0, 'image_accuracy': 0.0,
+      'colour_accuracy': 2 / 3, 'shape_accuracy': 1 / 3,
+      'size_accuracy': 1 / 3})
+  assert shapes_oracle.alignment(truth, truth) == pytest.approx({
+      'object_accuracy': 1.0, 'image_accuracy': 1.0, 'colour_accuracy': 1.0,
+      'shape_accuracy': 1.0, 'size_accuracy': 1.0})

@@ -168,14 +168,22 @@ def alignment(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     object_accuracy: captioned objects found with their shape, colour, size;
     image_accuracy: images with every cell right (objects and empty cells);
     colour_accuracy: captioned objects whose cell holds something of the
-      captioned colour (shape and size ignored): a looser, earlier signal.
+      captioned colour (shape and size ignored): a looser, earlier signal;
+    shape_accuracy, size_accuracy: captioned objects whose cell holds the
+      captioned shape, or something of the captioned size: with
+      colour_accuracy, which attribute object_accuracy loses.
   """
   present = truth[..., 0] > 0
   exact = np.all(predicted == truth, axis=-1)
-  colour = (predicted[..., 0] > 0) & (predicted[..., 1] == truth[..., 1])
+  filled = predicted[..., 0] > 0
+  colour = filled & (predicted[..., 1] == truth[..., 1])
+  size = filled & (predicted[..., 2] == truth[..., 2])
   return {'object_accuracy': float(exact[present].mean()),
           'image_accuracy': float(exact.all(axis=1).mean()),
-          'colour_accuracy': float(colour[present].mean())}
+          'colour_accuracy': float(colour[present].mean()),
+          'shape_accuracy': float(
+              (predicted[..., 0] == truth[..., 0])[present].mean()),
+          'size_accuracy': float(size[present].mean())}
 
 
 _OBJECT_CLASSES = len(shapes.SHAPES) * len(shapes.COLOUR_NAMES) * len(

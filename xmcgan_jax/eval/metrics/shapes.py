@@ -3,8 +3,9 @@
 The oracle (eval/shapes_oracle.py, trained once and cached in the workdir)
 reads each grid cell of a generated image; from it: the fraction of
 captioned objects found as described, of images right in every cell, of
-objects whose cell holds the captioned colour, a Frechet distance on its
-cell features and R-precision with it as image-text encoder (N > 99).
+objects whose cell holds the captioned colour (shape, size), a Frechet
+distance on its cell features and R-precision with it as image-text encoder
+(N > 99).
 """
 
 import os
@@ -22,8 +23,8 @@ from xmcgan_jax.eval.metrics import base
 
 @base.register('shapes_oracle')
 class ShapesOracleMetrics(base.Metric):
-  """Keys: oracle_{object,image,colour}_accuracy, oracle_frechet_distance,
-  r_precision."""
+  """Keys: oracle_{object,image,colour,shape,size}_accuracy,
+  oracle_frechet_distance, r_precision."""
 
   def __init__(self, inputs: base.EvalInputs):
     c = inputs.config
