@@ -188,8 +188,8 @@ def test_missing_weights_fail_before_compiling(data_dir, tmp_path):
 
 
 def test_local_weight_files_are_checked_without_tensorflow(tmp_path):
-  """The CLI reports a missing local weight file before importing TF, and
-  leaves URLs (which need TF) to training setup."""
+  """The CLI reports a missing local weight file or text encoder before
+  importing TF, and leaves URLs (which need TF) to training setup."""
   script = '\n'.join([
       'import sys',
       'from xmcgan_jax import config_base, errors, run_dir',
@@ -200,12 +200,19 @@ def test_local_weight_files_are_checked_without_tensorflow(tmp_path):
       '  run_dir.check_files(config, remote=False)',
       'except errors.MissingFileError as e:',
       '  print(e)',
+      # The CLI's text-encoder lookup, as main._check_before_jax calls it.
+      'from xmcgan_jax.text import encoder',
+      'try:',
+      f'  encoder.resolve_text_encoder_dir({str(tmp_path / "no_bert")!r})',
+      'except errors.MissingFileError as e:',
+      '  print(e)',
       "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"])
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "config.clip_weights='" in result.stdout
   assert 'file not found' in result.stdout
+  assert "Text encoder '" + str(tmp_path / 'no_bert') in result.stdout
 
 
 def _cli(workdir, *args):

@@ -153,14 +153,18 @@ def _start_and_run(workdir: str) -> None:
 def _check_before_jax(workdir: str) -> None:
   """The user errors found without JAX or TensorFlow: reported in a second.
 
-  The config's fields (all but the device count, which needs JAX) and its
-  local weight files for training; the run's config.json for sampling and
-  evaluation.
+  The config's fields (all but the device count, which needs JAX), its
+  local weight files and its text encoder for training; the run's
+  config.json for sampling and evaluation.
   """
   if _MODE.value == 'train':
     config = run_dir.resolve_config(flags.FLAGS.config)
     config_base.validate(config)
     run_dir.check_files(config, remote=False)  # URLs: after TF's import.
+    # Its files: a directory, the offline package or the hub cache (flax
+    # and safetensors, no TensorFlow).
+    from xmcgan_jax.text import encoder  # pylint: disable=g-import-not-at-top
+    encoder.resolve_text_encoder_dir(config.text_encoder)
     return
   if _MODE.value == 'eval' and flags.FLAGS.config is not None:
     return
