@@ -68,6 +68,7 @@ def main():
       dataset='ln_coco', data_dir=os.path.join(workdir, 'tfds'),
       manual_dir=manual, image_size=args.image_size, max_tokens=64, seed=0,
       shuffle_buffer=1000, random_flip=True, mirror_pairs=False,
+      shape_pairs=False, shapes_grid=3,
       shapes_train_size=0, shapes_eval_size=0))
   vocab = os.path.join(
       text_encoder.resolve_text_encoder_dir(args.text_encoder), 'vocab.txt')

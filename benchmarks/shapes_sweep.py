@@ -138,6 +138,9 @@ class _Batches:
     self._order, self._next = self._rng.permutation(len(images)), 0
     self._d_steps, self._batch = config.d_steps_per_g_step, config.batch_size
     self._mirror = config.mirror_pairs
+    if config.shape_pairs:  # Its siblings are rendered, not in the table.
+      raise ValueError('shapes_sweep does not draw shape_pairs batches; '
+                       'train with the pipeline (benchmarks/ablation.py).')
 
   def _records(self, count: int) -> np.ndarray:
     out = []

@@ -37,7 +37,8 @@ def _config(**kw):
       shapes_train_size=24, shapes_eval_size=10, shapes_grid=3,
       shapes_max_objects=3,
       max_tokens=40, seed=0,
-      shuffle_buffer=32, random_flip=True, mirror_pairs=False))
+      shuffle_buffer=32, random_flip=True, mirror_pairs=False,
+      shape_pairs=False))
   c.update(kw)
   return c
 
@@ -169,8 +170,53 @@ def test_mirror_pairs_swap_sides_in_image_and_caption(shapes_pipeline,
   assert [int(b['next_position']) for b in batches] == [4, 8, 12, 16]
   resumed = next(pipeline.as_numpy(paired.train_dataset(4, 2, 8)))
   np.testing.assert_array_equal(resumed['image'], batches[2]['image'])
-  with pytest.raises(ValueError, match='even per-process batch'):
+  with pytest.raises(ValueError, match='per-process batch divisible by 2'):
     paired.train_dataset(3, 1)
+
+
+def test_shape_pairs_differ_in_one_shape_in_image_and_caption(
+    shapes_pipeline, tokenizer):
+  """Groups of 4: a record, its mirror, its shape sibling, the sibling's
+  mirror; the sibling's caption and image give one object another shape."""
+  paired = dataclasses.replace(shapes_pipeline, mirror_pairs=True,
+                               shape_pairs=True, random_flip=False)
+  straight = pipeline.as_numpy(paired.train_dataset(8, 2))
+  batches = [next(straight) for _ in range(3)]
+  ids, mask = paired.train_caption_tokens()
+  table = {tuple(np.where(m, i, -1)) for i, m in zip(ids, mask)}
+  changed_shapes = set()
+  words = lambda row, m: [VOCAB_WORDS[i] for i in row[m]][1:-1]
+  for batch in batches:
+    images = batch['image'].reshape((-1, 4) + batch['image'].shape[2:])
+    ids_4 = batch['token_ids'].reshape(-1, 4, 40)
+    mask_4 = batch['token_mask'].reshape(-1, 4, 40)
+    for group, row, m in zip(images, ids_4, mask_4):
+      np.testing.assert_array_equal(group[1], group[0][:, ::-1])
+      np.testing.assert_array_equal(group[3], group[2][:, ::-1])
+      texts = [words(row[k], m[k]) for k in (0, 2)]
+      record, sibling = (shapes.parse_caption(' '.join(t)) for t in texts)
+      assert len(record) == len(sibling)
+      (old,), (new,) = record - sibling, sibling - record
+      assert old[:2] + old[3:] == new[:2] + new[3:] and old[2] != new[2]
+      changed_shapes.add((old[2], new[2]))
+      # The same words apart from that shape word.
+      assert [(a, b) for a, b in zip(*texts) if a != b] == [(old[2], new[2])]
+      # The sibling's image draws its caption (colour at each cell centre).
+      for _, colour, _, cell in sibling:
+        y, x = shapes.cell_centre(cell, 64)
+        np.testing.assert_allclose(group[2][int(y), int(x)],
+                                   np.array(shapes.COLOURS[colour]) / 255)
+    for row_ids, row_mask in zip(batch['token_ids'].reshape(-1, 40),
+                                 batch['token_mask'].reshape(-1, 40)):
+      assert tuple(np.where(row_mask, row_ids, -1)) in table
+  assert len(changed_shapes) > 2  # Random choices of object and shape.
+  assert [int(b['next_position']) for b in batches] == [4, 8, 12]
+  resumed = next(pipeline.as_numpy(paired.train_dataset(8, 2, 8)))
+  np.testing.assert_array_equal(resumed['image'], batches[2]['image'])
+  with pytest.raises(ValueError, match='per-process batch divisible by 4'):
+    paired.train_dataset(6, 1)
+  with pytest.raises(ValueError, match="names no object"):
+    shapes.shape_sibling('a grey background', [0, 0], 64, 3)
 
 
 def test_two_processes_get_disjoint_shards_covering_the_split(

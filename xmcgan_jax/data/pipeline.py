@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from xmcgan_jax import config_base
 from xmcgan_jax import data
 from xmcgan_jax.data import localized_narratives
+from xmcgan_jax.data import shapes
 from xmcgan_jax.data import shapes_builder
 from xmcgan_jax import errors
 from xmcgan_jax.text import tokenizer as tokenizer_lib
@@ -201,6 +202,12 @@ class InputPipeline:
       make D and G tell left from right, which random pairs of captions
       rarely demand (docs/shapes.md). Batches consume half as
       many records.
+    shape_pairs: (Shapes) follow every training example by its shape
+      sibling (shapes.shape_sibling: one object drawn with another shape,
+      its shape word replaced in the caption), before mirror_pairs: hard
+      negatives for shape, as mirror pairs are for side. Batches consume half
+      as many records again.
+    shapes_grid: cells per side of the Shapes images (for shape_pairs).
   """
   builder: tfds.core.DatasetBuilder
   spec: DatasetSpec
@@ -213,6 +220,8 @@ class InputPipeline:
   shuffle_buffer: int = 10_000
   random_flip: bool = True
   mirror_pairs: bool = False
+  shape_pairs: bool = False
+  shapes_grid: int = 3
 
   def __post_init__(self):
     self.skipped = SkipCounter()
@@ -291,6 +300,28 @@ class InputPipeline:
             # Both come from one record: resuming stays record-exact.
             'position': pair(example['position'], example['position'])}
 
+  def _with_shape_sibling(self, example):
+    """The example and its shape sibling (shapes.shape_sibling), stacked."""
+    size, grid, seed = self.image_size, self.shapes_grid, self.seed
+
+    def sibling(caption, position):
+      image, text = shapes.shape_sibling(caption.decode(), [seed, position],
+                                         size, grid)
+      return image, text.encode()
+
+    image, caption = tf.numpy_function(
+        sibling, [example['caption'], example['position']],
+        (tf.uint8, tf.string), stateful=False)
+    image = tf.cast(tf.reshape(image, [size, size, 3]), tf.float32) / 255.0
+    caption = tf.reshape(caption, [])
+    ids, mask = self.tokenizer.tokenize(caption, self.max_tokens)
+    pair = lambda a, b: tf.stack([a, b])
+    return {'image': pair(example['image'], image),
+            'token_ids': pair(example['token_ids'], ids),
+            'token_mask': pair(example['token_mask'], mask),
+            'caption': pair(example['caption'], caption),
+            'position': pair(example['position'], example['position'])}
+
   def _keep(self, example) -> tf.Tensor:
     """Filter predicate; counts empty captions (images count at decode)."""
     def count(ok_image, ok_caption):
@@ -317,6 +348,10 @@ class InputPipeline:
                                       ).as_numpy_iterator():
       captions.update(names.tolist())
     captions = sorted(c for c in captions if c.strip())
+    if self.shape_pairs:
+      captions = sorted(set(captions).union(*(
+          [v.encode() for v in shapes.shape_variants(c.decode())]
+          for c in captions)))
     if self.mirror_pairs:
       swapped = swap_left_right(tf.constant(captions, tf.string)).numpy()
       captions = sorted(set(captions) | set(swapped.tolist()))
@@ -358,11 +393,17 @@ class InputPipeline:
     ds = ds.map(lambda p, ex: self._prepare(p, ex, train=True),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(self._keep)
+    group = 2**(int(self.shape_pairs) + int(self.mirror_pairs))
+    if per_process_batch % group:
+      raise errors.ConfigError(
+          f'mirror_pairs={self.mirror_pairs} and shape_pairs='
+          f'{self.shape_pairs} need a per-process batch divisible by {group}, '
+          f'got {per_process_batch}.')
+    # A batch that never splits a record's group ends on a record.
+    if self.shape_pairs:
+      ds = ds.map(self._with_shape_sibling, num_parallel_calls=AUTOTUNE,
+                  deterministic=True).unbatch()
     if self.mirror_pairs:
-      if per_process_batch % 2:
-        raise errors.ConfigError(f'mirror_pairs needs an even per-process batch, got '
-                         f'{per_process_batch}.')
-      # An even batch never splits a pair, so every batch ends on a record.
       ds = ds.map(self._with_mirror, num_parallel_calls=AUTOTUNE,
                   deterministic=True).unbatch()
     ds = ds.batch(per_process_batch * d_steps, drop_remainder=True)
@@ -444,7 +485,8 @@ def create_input_pipeline(config, tokenizer: tokenizer_lib.Tokenizer,
       image_size=config.image_size, max_tokens=config.max_tokens,
       seed=config_base.data_seed(config), process_index=process_index,
       process_count=process_count, shuffle_buffer=config.shuffle_buffer,
-      random_flip=config.random_flip, mirror_pairs=config.mirror_pairs)
+      random_flip=config.random_flip, mirror_pairs=config.mirror_pairs,
+      shape_pairs=config.shape_pairs, shapes_grid=config.shapes_grid)
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:

@@ -151,6 +151,62 @@ def parse_caption(caption: str) -> Set[Tuple[str, str, str, str]]:
   return found
 
 
+def _shape_words(caption: str) -> List[Tuple[int, int, Object]]:
+  """(start, end) of each object's shape word in `caption`, and the object,
+  in caption order."""
+  found = []
+  for pattern, fields in _PARSERS:
+    shape_group = fields.index('shape') + 1
+    for match in pattern.finditer(caption.lower()):
+      found.append((match.start(shape_group), match.end(shape_group),
+                    dict(zip(fields, match.groups()))))
+  return sorted(found, key=lambda f: f[0])
+
+
+def shape_variants(caption: str) -> List[str]:
+  """Every caption made from `caption` by giving one object another shape."""
+  variants = []
+  for start, end, obj in _shape_words(caption):
+    for shape in SHAPES:
+      if shape != obj['shape']:
+        variants.append(caption[:start] + shape + caption[end:])
+  return variants
+
+
+def shape_sibling(caption: str, seed: Sequence[int], image_size: int,
+                  grid: int) -> Tuple[np.ndarray, str]:
+  """A hard negative of a Shapes caption: one object with another shape.
+
+  The object (picked at random) keeps its colour, size and cell and takes
+  one of the other shapes; its shape word is replaced in the caption, so the
+  wording is the same; the image of the new caption is rendered (with its own
+  jitter).
+
+  Args:
+    caption: a Shapes caption (make_captions' wording).
+    seed: the random choices' seed (e.g. [data seed, record position]).
+    image_size: side of the rendered image.
+    grid: cells per side.
+
+  Returns:
+    (image (S, S, 3) uint8, the sibling's caption).
+
+  Raises:
+    ValueError: the caption names no object.
+  """
+  words = _shape_words(caption)
+  if not words:
+    raise ValueError(f'Shapes caption {caption!r} names no object.')
+  rng = np.random.default_rng(seed)
+  start, end, picked = words[rng.integers(len(words))]
+  others = [shape for shape in SHAPES if shape != picked['shape']]
+  shape = others[rng.integers(len(others))]
+  objects = [dict(obj, shape=shape) if obj is picked else obj
+             for _, _, obj in words]
+  return (render(objects, image_size, rng, grid),
+          caption[:start] + shape + caption[end:])
+
+
 def make_example(seed: int, split: str, index: int, image_size: int,
                  grid: int = 3, max_objects: int = 3) -> Dict[str, object]:
   """The example `index` of `split`: image, captions and objects."""
