@@ -67,6 +67,29 @@ def test_end_to_end_writes_checkpoints_events_and_samples(
     assert pngs and os.path.getsize(pngs[0]) > 1000
 
 
+def test_shapes_confusion_counts_every_captioned_object(straight_and_resumed):
+  """benchmarks/shapes_confusion.py on a trained run: per generator, its
+  counts cover each captioned object once."""
+  from benchmarks import shapes_confusion  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  _, _, workdir = straight_and_resumed
+  out = shapes_confusion.main(['--workdir', workdir, '--count', '8',
+                               '--oracle_steps', '20'])
+  config = run_dir.read_config(workdir)
+  _, truth, _ = shapes_oracle.validation_set(
+      8, config.image_size, grid=config.shapes_grid,
+      max_objects=config.shapes_max_objects)
+  rows = [line.split(' | ') for line in out.splitlines()
+          if line.startswith(('| raw | ', '| ema | ')) and 'read' not in line]
+  for generator in ('raw', 'ema'):
+    counts = [[int(v) for v in r[2:6]] for r in rows
+              if r[0] == f'| {generator}' and len(r) == 7]
+    assert len(counts) == 3
+    assert sum(map(sum, counts)) == int(np.sum(truth[..., 0] > 0))
+    for shape, row in enumerate(counts, 1):
+      assert sum(row) == int(np.sum(truth[..., 0] == shape))
+
+
 def test_exact_resume(straight_and_resumed):
   straight, resumed, _ = straight_and_resumed
   for a, b in zip(_arrays(straight), _arrays(resumed)):
