@@ -67,12 +67,15 @@ def test_end_to_end_writes_checkpoints_events_and_samples(
     assert pngs and os.path.getsize(pngs[0]) > 1000
 
 
-def test_shapes_confusion_counts_every_captioned_object(straight_and_resumed):
+def test_shapes_confusion_counts_every_captioned_object(straight_and_resumed,
+                                                        tmp_path):
   """benchmarks/shapes_confusion.py on a trained run: per generator, its
   counts cover each captioned object once."""
   from benchmarks import shapes_confusion  # pylint: disable=g-import-not-at-top
   from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
-  _, _, workdir = straight_and_resumed
+  # A copy: the tool caches its (here briefly trained) oracle in the run.
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(straight_and_resumed[2], workdir)
   out = shapes_confusion.main(['--workdir', workdir, '--count', '8',
                                '--oracle_steps', '20'])
   config = run_dir.read_config(workdir)
