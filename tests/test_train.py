@@ -197,8 +197,8 @@ def test_mirror_pairs_need_an_even_batch(data_dir):
   config = _tiny(data_dir, mirror_pairs=True, batch_size=9)
   with pytest.raises(ValueError, match='batch_size=9.*mirror_pairs'):
     config_base.validate(config, num_devices=1)
-  config = _tiny(data_dir, shape_pairs=True, batch_size=7)
-  with pytest.raises(ValueError, match='batch_size=7.*shape_pairs=True'):
+  config = _tiny(data_dir, mirror_pairs=True, shape_pairs=True, batch_size=6)
+  with pytest.raises(ValueError, match='batch_size=6.*divisible by 4'):
     config_base.validate(config, num_devices=1)
   config = _tiny(data_dir, shape_pairs=True, dataset='coco')
   with pytest.raises(ValueError, match="shape_pairs.*'coco'"):

@@ -131,8 +131,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # batch; halves the records per batch).
   c.mirror_pairs = False
   # (Shapes) Each training example followed by a sibling with one object's
-  # shape changed (its shape word too): pairs that differ only in shape.
-  # With mirror_pairs, records alternate between the two kinds of pair.
+  # shape changed (its shape word too): pairs that differ only in shape
+  # (before mirror_pairs; halves the records per batch again).
   c.shape_pairs = False
 
   _add_text_encoder_fields(c)
@@ -314,10 +314,12 @@ def validate(config: ml_collections.ConfigDict,
         'splits evenly over devices; the step takes d_steps_per_g_step='
         f'{config.d_steps_per_g_step} of them, '
         f'{config.batch_size * config.d_steps_per_g_step} images).')
-  if (config.mirror_pairs or config.shape_pairs) and config.batch_size % 2:
+  group = 2**(int(config.mirror_pairs) + int(config.shape_pairs))
+  if config.batch_size % group:
     bad('batch_size', config.batch_size,
         f'mirror_pairs={config.mirror_pairs} and shape_pairs='
-        f'{config.shape_pairs} need an even batch (examples come in pairs).')
+        f'{config.shape_pairs} need a batch divisible by {group} (examples '
+        'come in groups of that size).')
   if config.shape_pairs and config.dataset != 'shapes':
     bad('shape_pairs', True, "draws Shapes images; config.dataset is "
         f'{config.dataset!r}.')

@@ -204,10 +204,9 @@ class InputPipeline:
       many records.
     shape_pairs: (Shapes) follow every training example by its shape
       sibling (shapes.shape_sibling: one object drawn with another shape,
-      its shape word replaced in the caption): hard negatives for shape, as
-      mirror pairs are for side. With mirror_pairs too, records alternate:
-      even positions get their mirror, odd ones their shape sibling (pairs
-      of both kinds, and as many records per batch as either alone).
+      its shape word replaced in the caption), before mirror_pairs: hard
+      negatives for shape, as mirror pairs are for side. Batches consume half
+      as many records again.
     shapes_grid: cells per side of the Shapes images (for shape_pairs).
   """
   builder: tfds.core.DatasetBuilder
@@ -300,16 +299,6 @@ class InputPipeline:
             'caption': pair(example['caption'], caption),
             # Both come from one record: resuming stays record-exact.
             'position': pair(example['position'], example['position'])}
-
-  def _with_pair(self, example):
-    """The example and its mirror or shape sibling (see the attributes)."""
-    if self.mirror_pairs and self.shape_pairs:
-      return tf.cond(example['position'] % 2 == 0,
-                     lambda: self._with_mirror(example),
-                     lambda: self._with_shape_sibling(example))
-    if self.mirror_pairs:
-      return self._with_mirror(example)
-    return self._with_shape_sibling(example)
 
   def _with_shape_sibling(self, example):
     """The example and its shape sibling (shapes.shape_sibling), stacked."""
@@ -404,13 +393,18 @@ class InputPipeline:
     ds = ds.map(lambda p, ex: self._prepare(p, ex, train=True),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(self._keep)
-    if self.mirror_pairs or self.shape_pairs:
-      if per_process_batch % 2:
-        raise errors.ConfigError(
-            'mirror_pairs and shape_pairs need an even per-process batch, '
-            f'got {per_process_batch}.')
-      # An even batch never splits a pair, so every batch ends on a record.
-      ds = ds.map(self._with_pair, num_parallel_calls=AUTOTUNE,
+    group = 2**(int(self.shape_pairs) + int(self.mirror_pairs))
+    if per_process_batch % group:
+      raise errors.ConfigError(
+          f'mirror_pairs={self.mirror_pairs} and shape_pairs='
+          f'{self.shape_pairs} need a per-process batch divisible by {group}, '
+          f'got {per_process_batch}.')
+    # A batch that never splits a record's group ends on a record.
+    if self.shape_pairs:
+      ds = ds.map(self._with_shape_sibling, num_parallel_calls=AUTOTUNE,
+                  deterministic=True).unbatch()
+    if self.mirror_pairs:
+      ds = ds.map(self._with_mirror, num_parallel_calls=AUTOTUNE,
                   deterministic=True).unbatch()
     ds = ds.batch(per_process_batch * d_steps, drop_remainder=True)
 
