@@ -195,6 +195,12 @@ def _bad(field: str, value, message: str) -> None:
   raise errors.ConfigError(f'config.{field}={value!r}: {message}')
 
 
+def pair_group_size(mirror_pairs: bool, shape_pairs: bool) -> int:
+  """Examples each training record becomes (itself, its mirror and/or its
+  shape sibling, and their mirrors): the batch must be a multiple."""
+  return 2**(int(mirror_pairs) + int(shape_pairs))
+
+
 def check_positive(field: str, value) -> None:
   """Raises ConfigError naming `field` unless value is an integer >= 1."""
   if int(value) < 1:
@@ -314,7 +320,7 @@ def validate(config: ml_collections.ConfigDict,
         'splits evenly over devices; the step takes d_steps_per_g_step='
         f'{config.d_steps_per_g_step} of them, '
         f'{config.batch_size * config.d_steps_per_g_step} images).')
-  group = 2**(int(config.mirror_pairs) + int(config.shape_pairs))
+  group = pair_group_size(config.mirror_pairs, config.shape_pairs)
   if config.batch_size % group:
     bad('batch_size', config.batch_size,
         f'mirror_pairs={config.mirror_pairs} and shape_pairs='

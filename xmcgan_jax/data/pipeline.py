@@ -289,11 +289,15 @@ class InputPipeline:
 
   def _with_mirror(self, example):
     """The example and its mirror (left/right swapped), stacked on axis 0."""
-    caption = swap_left_right(example['caption'])
+    return self._pair(example, tf.image.flip_left_right(example['image']),
+                      swap_left_right(example['caption']))
+
+  def _pair(self, example, image, caption):
+    """The example and a second one (image, caption) of its record, stacked
+    on axis 0."""
     ids, mask = self.tokenizer.tokenize(caption, self.max_tokens)
     pair = lambda a, b: tf.stack([a, b])
-    return {'image': pair(example['image'],
-                          tf.image.flip_left_right(example['image'])),
+    return {'image': pair(example['image'], image),
             'token_ids': pair(example['token_ids'], ids),
             'token_mask': pair(example['token_mask'], mask),
             'caption': pair(example['caption'], caption),
@@ -313,14 +317,7 @@ class InputPipeline:
         sibling, [example['caption'], example['position']],
         (tf.uint8, tf.string), stateful=False)
     image = tf.cast(tf.reshape(image, [size, size, 3]), tf.float32) / 255.0
-    caption = tf.reshape(caption, [])
-    ids, mask = self.tokenizer.tokenize(caption, self.max_tokens)
-    pair = lambda a, b: tf.stack([a, b])
-    return {'image': pair(example['image'], image),
-            'token_ids': pair(example['token_ids'], ids),
-            'token_mask': pair(example['token_mask'], mask),
-            'caption': pair(example['caption'], caption),
-            'position': pair(example['position'], example['position'])}
+    return self._pair(example, image, tf.reshape(caption, []))
 
   def _keep(self, example) -> tf.Tensor:
     """Filter predicate; counts empty captions (images count at decode)."""
@@ -393,7 +390,7 @@ class InputPipeline:
     ds = ds.map(lambda p, ex: self._prepare(p, ex, train=True),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(self._keep)
-    group = 2**(int(self.shape_pairs) + int(self.mirror_pairs))
+    group = config_base.pair_group_size(self.mirror_pairs, self.shape_pairs)
     if per_process_batch % group:
       raise errors.ConfigError(
           f'mirror_pairs={self.mirror_pairs} and shape_pairs='
