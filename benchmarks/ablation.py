@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -114,8 +115,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     name, _, fields = item.partition(':')
     if not name or '=' not in fields:
       p.error(f'--variant {item!r}: use NAME:FIELD=VALUE[,FIELD=VALUE]')
+    # A comma starts a new field only before 'name=': tuple values such as
+    # hard_negative_words=('circle square','top bottom') keep theirs.
     VARIANTS[name] = ({k: _value(v) for k, v in (
-        f.split('=', 1) for f in fields.split(','))}, 1)
+        f.split('=', 1) for f in re.split(r',(?=[\w.]+=)', fields))}, 1)
   unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
   if unknown:
     p.error(f'unknown variants {unknown}; choose from {list(VARIANTS)}')

@@ -162,6 +162,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.bn_group = 'device'  # G BatchNorm stats: 'device', 'global' or int examples.
   c.temperature = 0.1  # NCE temperature of sentence/image losses.
   c.word_gammas = (5.0, 5.0, 50.0)  # DAMSM gamma1..3 of the word loss.
+  # Hard negative captions (not in the paper): classes of interchangeable
+  # one-piece words, e.g. ('circle square triangle', 'top bottom'). Each
+  # caption gets one negative per class with a word of the class swapped;
+  # the sentence NCE scores every image against them too. () = off.
+  c.hard_negative_words = ()
   c.num_train_steps = 500_000  # G updates.
 
   c.loss_weights = _loss_weights()
@@ -199,6 +204,28 @@ def pair_group_size(mirror_pairs: bool, shape_pairs: bool) -> int:
   """Examples each training record becomes (itself, its mirror and/or its
   shape sibling, and their mirrors): the batch must be a multiple."""
   return 2**(int(mirror_pairs) + int(shape_pairs))
+
+
+def parse_hard_negative_words(classes) -> List[List[str]]:
+  """config.hard_negative_words -> word lists; raises ConfigError naming a
+  bad class (fewer than two distinct words, or a word in two classes)."""
+  if isinstance(classes, str):
+    _bad('hard_negative_words', classes, "a tuple of classes, e.g. "
+         "('circle square triangle', 'top bottom').")
+  parsed, seen = [], {}
+  for i, text in enumerate(classes):
+    words = str(text).split()
+    if len(set(words)) < 2 or len(set(words)) != len(words):
+      _bad(f'hard_negative_words[{i}]', text,
+           'a class needs two or more distinct words, separated by spaces.')
+    for word in words:
+      if word in seen:
+        _bad('hard_negative_words', tuple(classes),
+             f'{word!r} is in class {seen[word]} and class {i}; a word may '
+             'be in one class only.')
+      seen[word] = i
+    parsed.append(words)
+  return parsed
 
 
 def check_positive(field: str, value) -> None:
@@ -326,6 +353,11 @@ def validate(config: ml_collections.ConfigDict,
         f'mirror_pairs={config.mirror_pairs} and shape_pairs='
         f'{config.shape_pairs} need a batch divisible by {group} (examples '
         'come in groups of that size).')
+  if config.hard_negative_words:
+    parse_hard_negative_words(config.hard_negative_words)
+    if not config.loss_weights.sentence:
+      bad('hard_negative_words', tuple(config.hard_negative_words),
+          'are negatives of the sentence term; loss_weights.sentence is 0.')
   if config.shape_pairs and config.dataset != 'shapes':
     bad('shape_pairs', True, "draws Shapes images; config.dataset is "
         f'{config.dataset!r}.')

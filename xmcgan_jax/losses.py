@@ -56,7 +56,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
-def _symmetric_ce(scores: jax.Array, axis_name: Optional[str]
+def _symmetric_ce(scores: jax.Array, axis_name: Optional[str],
+                  extra_scores: Optional[jax.Array] = None
                   ) -> Tuple[jax.Array, jax.Array]:
   """Two-way cross-entropy on the diagonal of a (possibly sharded) score matrix.
 
@@ -65,6 +66,8 @@ def _symmetric_ce(scores: jax.Array, axis_name: Optional[str]
       all B items of side B (e.g. captions); row i's positive is global item
       axis_index * b + i.
     axis_name: mesh axis the batch is sharded over, or None.
+    extra_scores: (b, K) more B-side negatives of each A row only (hard
+      negatives with no A item of their own), or None.
 
   Returns:
     (loss, accuracy): the summed A->B and B->A mean cross-entropies (global
@@ -77,9 +80,11 @@ def _symmetric_ce(scores: jax.Array, axis_name: Optional[str]
   full = _gather_rows(scores, axis_name)  # (B, B): rows A, columns B.
   # Rows of this device's B items against every A item.
   transposed = jax.lax.dynamic_slice_in_dim(full, offset, b, axis=1).T
-  local = (jnp.mean(_cross_entropy(scores, labels))
+  rows = (scores if extra_scores is None
+          else jnp.concatenate([scores, extra_scores], axis=-1))
+  local = (jnp.mean(_cross_entropy(rows, labels))
            + jnp.mean(_cross_entropy(transposed, labels)))
-  correct = ((jnp.argmax(scores, -1) == labels).mean()
+  correct = ((jnp.argmax(rows, -1) == labels).mean()
              + (jnp.argmax(transposed, -1) == labels).mean()) / 2
   if axis_name is None:
     return local, correct
@@ -90,7 +95,9 @@ def _symmetric_ce(scores: jax.Array, axis_name: Optional[str]
 
 def contrastive_loss(a: jax.Array, b: jax.Array, *, temperature: float = 0.1,
                      axis_name: Optional[str] = None,
-                     with_accuracy: bool = False
+                     with_accuracy: bool = False,
+                     hard_negatives: Optional[jax.Array] = None,
+                     hard_valid: Optional[jax.Array] = None
                      ) -> Union[jax.Array, Tuple[jax.Array, jax.Array]]:
   """NCE between paired rows of `a` and `b`, both directions summed.
 
@@ -101,6 +108,11 @@ def contrastive_loss(a: jax.Array, b: jax.Array, *, temperature: float = 0.1,
     axis_name: mesh axis for global negatives (inside shard_map), or None for
       the rows of this call only.
     with_accuracy: also return the top-1 retrieval accuracy.
+    hard_negatives: (b, K, D) more negatives of each row of `a` on the `b`
+      side (a->b direction only; they have no `a` item to retrieve them), or
+      None.
+    hard_valid: (b, K) bool, False where a hard negative must be left out;
+      None = all valid.
 
   Returns:
     The loss (float32 scalar), and the accuracy if `with_accuracy`.
@@ -108,7 +120,14 @@ def contrastive_loss(a: jax.Array, b: jax.Array, *, temperature: float = 0.1,
   a_hat = l2_normalize(_f32(a))
   b_hat = l2_normalize(_f32(b))
   scores = a_hat @ _gather_rows(b_hat, axis_name).T / temperature
-  loss, accuracy = _symmetric_ce(scores, axis_name)
+  extra = None
+  if hard_negatives is not None:
+    extra = jnp.einsum('bd,bkd->bk', a_hat,
+                       l2_normalize(_f32(hard_negatives))) / temperature
+    if hard_valid is not None:
+      # A large finite value, not -inf: exp() gives 0 and no NaN gradient.
+      extra = jnp.where(hard_valid, extra, -1e9)
+  loss, accuracy = _symmetric_ce(scores, axis_name, extra)
   return (loss, accuracy) if with_accuracy else loss
 
 

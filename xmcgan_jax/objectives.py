@@ -8,7 +8,9 @@ Each term has one name, used alike by its weight (config.loss_weights.NAME),
 its metric key ('d_NAME' / 'g_NAME', plus '_acc' for a contrastive term's
 top-1 accuracy) and this code. A weight of 0 switches a term off: it is not
 computed. The loss arithmetic itself (hinge, NCE, word-region) is in
-losses.py; this module picks the features each term compares.
+losses.py; this module picks the features each term compares. With hard
+negative captions (config.hard_negative_words) the sentence terms also score
+each image against its caption's one-word swaps (text/hard_negatives.py).
 
 Objectives run inside the per-device program of the sharded train step:
 metrics are pmean'd over the mesh here, losses stay per-device values whose
@@ -74,10 +76,21 @@ class LossConfig:
             else None)
 
 
-def _nce(a: jax.Array, b: jax.Array, config: LossConfig):
+def _nce(a: jax.Array, b: jax.Array, config: LossConfig,
+         hard_negatives: Optional[jax.Array] = None,
+         hard_valid: Optional[jax.Array] = None):
   return losses.contrastive_loss(a, b, temperature=config.temperature,
                                  axis_name=config.negatives_axis,
-                                 with_accuracy=True)
+                                 with_accuracy=True,
+                                 hard_negatives=hard_negatives,
+                                 hard_valid=hard_valid)
+
+
+def _sentence_nce(half, sub: Batch, config: LossConfig):
+  """Sentence-image NCE of D's output on real or fake images; with hard
+  negative captions in the batch, they are more negatives of each image."""
+  return _nce(half.pooled, half.projection, config, half.hard_projection,
+              sub.get('hard_valid'))
 
 
 def _word_region_nce(regions: jax.Array, sub: Batch, config: LossConfig):
@@ -90,7 +103,8 @@ def _word_region_nce(regions: jax.Array, sub: Batch, config: LossConfig):
 
 def split_real_fake(out, b: int):
   """Splits D's output on [real; fake] into its two halves."""
-  return (type(out)(*(x[:b] for x in out)), type(out)(*(x[b:] for x in out)))
+  half = lambda rows: type(out)(*(None if x is None else x[rows] for x in out))
+  return half(slice(None, b)), half(slice(b, None))
 
 
 def _weighted_total(terms: Terms, weights: LossWeights, prefix: str
@@ -118,7 +132,8 @@ def d_objective(out, sub: Batch, config: LossConfig
 
   Args:
     out: D's output (a DiscOutput) on [real; fake].
-    sub: the sub-batch ('image', 'word_emb', 'word_mask').
+    sub: the sub-batch ('image', 'word_emb', 'word_mask'; 'hard_valid' with
+      hard negative captions).
     config: the objectives' hyperparameters.
 
   Returns:
@@ -128,7 +143,7 @@ def d_objective(out, sub: Batch, config: LossConfig
   real, fake = split_real_fake(out, sub['image'].shape[0])
   terms = {'d_adversarial': (losses.hinge_d(real.logits, fake.logits), None)}
   if w.sentence:
-    terms['d_sentence'] = _nce(real.pooled, real.projection, config)
+    terms['d_sentence'] = _sentence_nce(real, sub, config)
   if w.word_region:
     terms['d_word_region'] = _word_region_nce(real.regions, sub, config)
   metrics = _metrics(terms, {'real_logits': jnp.mean(real.logits),
@@ -157,7 +172,7 @@ def g_objective(out, sub: Batch, fake_images: jax.Array, config: LossConfig,
   real, fake = split_real_fake(out, sub['image'].shape[0])
   terms = {'g_adversarial': (losses.hinge_g(fake.logits), None)}
   if w.sentence:
-    terms['g_sentence'] = _nce(fake.pooled, fake.projection, config)
+    terms['g_sentence'] = _sentence_nce(fake, sub, config)
   if w.word_region:
     terms['g_word_region'] = _word_region_nce(fake.regions, sub, config)
   if w.image_d:

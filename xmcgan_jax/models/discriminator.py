@@ -4,7 +4,7 @@ D is also the image encoder of the contrastive losses: it returns the pooled
 features v, the sentence projection p and 16x16 region features.
 """
 
-from typing import Any, NamedTuple, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -39,11 +39,14 @@ class DiscOutput(NamedTuple):
   pooled: (N, C) v, sum-pooled ReLU features (image contrastive feature).
   projection: (N, C) p, the projected sentence (text contrastive feature).
   regions: (N, 256, E) region features from the 16x16 activations.
+  hard_projection: (N, K, C) the projected hard negative captions of each
+    image (text/hard_negatives.py), or None without them.
   """
   logits: jax.Array
   pooled: jax.Array
   projection: jax.Array
   regions: jax.Array
+  hard_projection: Optional[jax.Array] = None
 
 
 class OptimizedBlock(nn.Module):
@@ -105,13 +108,16 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, sentence_emb: jax.Array,
-               train: bool = True) -> DiscOutput:
+               train: bool = True,
+               hard_sentence_emb: Optional[jax.Array] = None) -> DiscOutput:
     """Scores images against captions.
 
     Args:
       images: (N, H, W, 3) in [0, 1].
       sentence_emb: (N, E) the caption of each image.
       train: run one spectral-norm power iteration and store it if True.
+      hard_sentence_emb: (N, K, E) hard negative captions of each image, to
+        project with the captions (for the contrastive terms), or None.
 
     Returns:
       A DiscOutput.
@@ -135,9 +141,20 @@ class Discriminator(nn.Module):
         regions = regions.reshape(n, REGION_SIZE * REGION_SIZE, self.text_dim)
     pooled = jnp.sum(nn.relu(h), axis=(1, 2))
     logits = layers.SpectralDense(1, dtype=self.dtype, name='logit')(pooled, train)
-    projection = layers.SpectralDense(h.shape[-1], dtype=self.dtype,
-                                      name='text_proj')(
-                                          sentence_emb.astype(self.dtype), train)
+    sentences = sentence_emb
+    if hard_sentence_emb is not None:
+      # One call on all rows: one power iteration, and the captions' rows
+      # are what they are without the negatives (the layer is row-wise).
+      sentences = jnp.concatenate([sentence_emb, hard_sentence_emb.reshape(
+          (-1, hard_sentence_emb.shape[-1]))])
+    projected = layers.SpectralDense(h.shape[-1], dtype=self.dtype,
+                                     name='text_proj')(
+                                         sentences.astype(self.dtype), train)
+    projection = projected[:n]
+    hard_projection = None
+    if hard_sentence_emb is not None:
+      hard_projection = projected[n:].reshape(
+          hard_sentence_emb.shape[:2] + (h.shape[-1],))
     logits = logits[:, 0].astype(jnp.float32) + jnp.sum(
         pooled.astype(jnp.float32) * projection.astype(jnp.float32), axis=-1)
-    return DiscOutput(logits, pooled, projection, regions)
+    return DiscOutput(logits, pooled, projection, regions, hard_projection)

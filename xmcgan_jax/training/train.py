@@ -35,9 +35,13 @@ from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import encoder as text_encoder_lib
 from xmcgan_jax.text import feature_table
+from xmcgan_jax.text import hard_negatives
 from xmcgan_jax.text import tokenizer as tokenizer_lib
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train_step as train_step_lib
+
+# Token row length when checking that a hard negative word is one piece.
+_WORD_TOKENS = 8
 
 
 class _Preemption:
@@ -178,10 +182,14 @@ def setup(config, workdir: str) -> TrainingRun:
         config.image_encoder.name, config.image_encoder.weights,
         config.image_encoder.feature, config.image_encoder.preprocess,
         dtype=jnp.dtype(config.dtype))
-  text_fn, text_params, table = _step_text_encoder(config, text, data)
+  word_classes = hard_negatives.word_class_ids(
+      config.hard_negative_words,
+      lambda words: tokenizer.tokenize_numpy(words, _WORD_TOKENS))
+  text_fn, text_params, table = _step_text_encoder(config, text, data,
+                                                   word_classes)
   step_fn = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config), text_encoder=text_fn,
+      builders.build_step_config(config, word_classes), text_encoder=text_fn,
       image_encoder=image_encoder.features_fn() if image_encoder else None)
   frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   if image_encoder is not None:
@@ -198,14 +206,20 @@ def setup(config, workdir: str) -> TrainingRun:
 
 
 def _step_text_encoder(config, text: text_encoder_lib.TextEncoder,
-                       data: pipeline.InputPipeline):
+                       data: pipeline.InputPipeline,
+                       word_classes: hard_negatives.WordClasses):
   """(features function, its frozen params, the FeatureTable or None) that
   the step runs on the batch's token ids: the text encoder itself, or with
-  config.text_feature_table its features of every training caption,
-  computed here once."""
+  config.text_feature_table its features of every training caption (and of
+  every hard negative the step can make of one), computed here once."""
   if not config.text_feature_table:
     return text.features_fn(), text.params, None
   ids, mask = data.train_caption_tokens()
+  if word_classes:
+    swapped_ids, swapped_mask = hard_negatives.all_swaps(ids, mask,
+                                                         word_classes)
+    ids = np.concatenate([ids, swapped_ids])
+    mask = np.concatenate([mask, swapped_mask])
   table = feature_table.build(text.features_fn(), text.params, ids, mask)
   logging.info('Text features of %d distinct training captions computed '
                'once (config.text_feature_table).', len(table.token_ids))

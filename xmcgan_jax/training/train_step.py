@@ -31,6 +31,7 @@ from xmcgan_jax import data
 from xmcgan_jax import objectives
 from xmcgan_jax import parallel
 from xmcgan_jax.models import generator as generator_lib
+from xmcgan_jax.text import hard_negatives
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -54,11 +55,14 @@ class StepConfig:
     number of examples per group (a multiple of the per-device batch).
   ema_decay: decay of the EMA generator parameters.
   loss: the objectives' weights and hyperparameters.
+  hard_negative_classes: token ids of config.hard_negative_words' classes
+    (text/hard_negatives.word_class_ids); () = no hard negative captions.
   """
   d_steps_per_g_step: int
   bn_group: Union[str, int]
   ema_decay: float
   loss: objectives.LossConfig
+  hard_negative_classes: hard_negatives.WordClasses = ()
 
   def __post_init__(self):  # The checks of config_base.validate.
     config_base.check_positive('d_steps_per_g_step', self.d_steps_per_g_step)
@@ -186,12 +190,14 @@ class Networks:
     return images, new_vars['batch_stats']
 
   def discriminate(self, d_params: Params, d_state: Params, real: jax.Array,
-                   fake: jax.Array, sentence: jax.Array):
+                   fake: jax.Array, sub: Batch):
     """(D's output on [real; fake], D's new spectral-norm vectors)."""
+    twice = lambda x: None if x is None else jnp.concatenate([x, x])
     out, new_vars = self.discriminator.apply(
         {'params': d_params, 'spectral_norm_stats': d_state},
-        jnp.concatenate([real, fake]), jnp.concatenate([sentence, sentence]),
-        train=True, mutable=['spectral_norm_stats'])
+        jnp.concatenate([real, fake]), twice(sub['sentence_emb']),
+        train=True, hard_sentence_emb=twice(sub.get('hard_sentence_emb')),
+        mutable=['spectral_norm_stats'])
     return out, new_vars['spectral_norm_stats']
 
 
@@ -223,7 +229,7 @@ def d_only_substep(nets: Networks, d_tx: optax.GradientTransformation,
 
   def loss_fn(d_params):
     out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
-                                         fake, sub['sentence_emb'])
+                                         fake, sub)
     loss, metrics = objectives.d_objective(out, sub, config.loss)
     return loss, (metrics, new_d_state)
 
@@ -243,7 +249,7 @@ def joint_substep(nets: Networks, g_tx: optax.GradientTransformation,
   def losses_of(g_params, d_params):
     fake, new_g_state = nets.generate(g_params, g.state, z, sub)
     out, new_d_state = nets.discriminate(d_params, d.state, sub['image'],
-                                         fake, sub['sentence_emb'])
+                                         fake, sub)
     d_loss, d_metrics = objectives.d_objective(out, sub, config.loss)
     g_loss, g_metrics = objectives.g_objective(out, sub, fake, config.loss,
                                                pretrained)
@@ -363,9 +369,16 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
     key = jax.random.fold_in(state.rng, state.step)
     z = jax.random.normal(key, (d_steps, batch['image'].shape[1],
                                 generator.z_dim), jnp.float32)
-    z = jax.lax.with_sharding_constraint(
-        z, NamedSharding(mesh, parallel.BATCH_SPEC))
-    return sharded(state, batch, z, frozen)
+    by_batch = lambda x: jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, parallel.BATCH_SPEC))
+    if config.hard_negative_classes:
+      # Drawn for the global batch, like z: independent of the device count.
+      ids, mask, valid = hard_negatives.swap_words(
+          jax.random.fold_in(key, 1), batch['token_ids'],
+          batch['token_mask'], config.hard_negative_classes)
+      batch.update(hard_token_ids=by_batch(ids), hard_token_mask=by_batch(mask),
+                   hard_valid=by_batch(valid))
+    return sharded(state, batch, by_batch(z), frozen)
 
   jitted = jax.jit(step, donate_argnums=0)
 
@@ -379,12 +392,21 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module,
 def _encode_text(encoder: TextEncoderFn, params, batch: Batch
                  ) -> Dict[str, jax.Array]:
   """The sub-batches as G and D take them: image, word_emb, sentence_emb,
-  word_mask, each (d_steps, b, ...); all sub-batches encoded in one pass."""
+  word_mask, each (d_steps, b, ...), and with hard negative captions
+  hard_sentence_emb (d_steps, b, K, E) and hard_valid (d_steps, b, K); all
+  sub-batches encoded in one pass."""
   token_ids, token_mask = batch['token_ids'], batch['token_mask']
   lead = token_ids.shape[:2]
-  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  flat = lambda x: x.reshape((-1,) + x.shape[-1:])
   words, sentence = encoder(params, flat(token_ids), flat(token_mask))
-  return {'image': batch['image'],
-          'word_emb': words.reshape(lead + words.shape[1:]),
-          'sentence_emb': sentence.reshape(lead + sentence.shape[1:]),
-          'word_mask': token_mask.astype(bool)}
+  out = {'image': batch['image'],
+         'word_emb': words.reshape(lead + words.shape[1:]),
+         'sentence_emb': sentence.reshape(lead + sentence.shape[1:]),
+         'word_mask': token_mask.astype(bool)}
+  if 'hard_token_ids' in batch:
+    hard_lead = batch['hard_token_ids'].shape[:3]
+    _, hard = encoder(params, flat(batch['hard_token_ids']),
+                      flat(batch['hard_token_mask']))
+    out['hard_sentence_emb'] = hard.reshape(hard_lead + hard.shape[1:])
+    out['hard_valid'] = batch['hard_valid']
+  return out
