@@ -102,8 +102,9 @@ def test_bad_word_classes_are_named(tokenizer):
   with pytest.raises(errors.ConfigError, match="'shapelier' is 2 word pieces"):
     _classes(tokenizer, ('circle shapelier',))
   config = fake_data.base_config(hard_negative_words=('circle square',),
-                                 **{'loss_weights.sentence': 0.0})
-  with pytest.raises(errors.ConfigError, match='loss_weights.sentence is 0'):
+                                 **{'loss_weights.sentence': 0.0,
+                                    'loss_weights.word_region': 0.0})
+  with pytest.raises(errors.ConfigError, match='are both 0'):
     config_base.validate(config, 1)
 
 
@@ -134,6 +135,25 @@ def test_contrastive_loss_adds_hard_negatives_to_the_image_rows():
   grad = jax.grad(lambda h: losses.contrastive_loss(
       a, b, hard_negatives=h, hard_valid=valid))(jnp.asarray(hard))
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~valid] == 0)
+
+
+def test_word_region_loss_adds_hard_negatives_to_the_image_rows():
+  rng = np.random.default_rng(1)
+  regions = rng.normal(size=(3, 4, 5))
+  words = rng.normal(size=(3, 6, 5))
+  mask = np.arange(6)[None] < np.array([[3], [6], [2]])
+  hard_words = rng.normal(size=(3, 2, 6, 5))
+  hard_mask = np.repeat(mask[:, None], 2, 1)
+  valid = np.array([[1, 1], [0, 1], [1, 0]], bool)
+  s = 50.0 * np.asarray(losses.word_region_scores(regions, words, mask))
+  extra = 50.0 * np.stack([np.asarray(losses.word_region_scores(
+      regions[i:i + 1], hard_words[i], hard_mask[i]))[0] for i in range(3)])
+  want = np.mean([_np_ce(np.concatenate([s[i], extra[i][valid[i]]]), i)
+                  for i in range(3)])
+  want += np.mean([_np_ce(s[:, i], i) for i in range(3)])
+  got = losses.word_region_loss(regions, words, mask, hard_words=hard_words,
+                                hard_mask=hard_mask, hard_valid=valid)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_discriminator_projects_hard_negatives_as_captions():
@@ -196,5 +216,5 @@ def test_step_with_hard_negatives_is_device_count_invariant():
     np.testing.assert_allclose(with_8[1][k], v, rtol=1e-4, atol=1e-5)
     assert np.isfinite(v), k
   # More negatives: a larger sentence loss than with the batch's alone.
-  assert with_8[1]['d_sentence'] > without[1]['d_sentence']
-  assert with_8[1]['g_sentence'] > without[1]['g_sentence']
+  for term in ('d_sentence', 'g_sentence', 'd_word_region', 'g_word_region'):
+    assert with_8[1][term] > without[1][term], term

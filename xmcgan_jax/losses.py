@@ -13,6 +13,7 @@ does, equals the gradient of the global-batch loss: the same convention as a
 per-device mean loss such as `hinge_d`.
 """
 
+import functools
 from typing import Optional, Tuple, Union
 
 import jax
@@ -163,7 +164,10 @@ def word_region_loss(regions: jax.Array, words: jax.Array,
                      word_mask: jax.Array, *, gamma1: float = 5.0,
                      gamma2: float = 5.0, gamma3: float = 50.0,
                      axis_name: Optional[str] = None,
-                     with_accuracy: bool = False
+                     with_accuracy: bool = False,
+                     hard_words: Optional[jax.Array] = None,
+                     hard_mask: Optional[jax.Array] = None,
+                     hard_valid: Optional[jax.Array] = None
                      ) -> Union[jax.Array, Tuple[jax.Array, jax.Array]]:
   """Word-region contrastive loss (AttnGAN DAMSM form), both directions summed.
 
@@ -174,13 +178,25 @@ def word_region_loss(regions: jax.Array, words: jax.Array,
     gamma1, gamma2: see `word_region_scores`; gamma3 scales the logits.
     axis_name: mesh axis for global negatives, or None.
     with_accuracy: also return the top-1 retrieval accuracy.
+    hard_words: (b, K, T, E) word features of more negative captions of each
+      image (image-to-caption direction only), or None.
+    hard_mask: (b, K, T) their token masks.
+    hard_valid: (b, K) bool, False where a hard negative must be left out;
+      None = all valid.
 
   Returns:
     The loss (float32 scalar), and the accuracy if `with_accuracy`.
   """
   all_words = _gather_rows(words, axis_name)
   all_mask = _gather_rows(word_mask, axis_name)
-  scores = gamma3 * word_region_scores(regions, all_words, all_mask,
-                                       gamma1=gamma1, gamma2=gamma2)
-  loss, accuracy = _symmetric_ce(scores, axis_name)
+  score = functools.partial(word_region_scores, gamma1=gamma1, gamma2=gamma2)
+  scores = gamma3 * score(regions, all_words, all_mask)
+  extra = None
+  if hard_words is not None:
+    # Image i against its own K negatives only: (b, K).
+    extra = gamma3 * jax.vmap(lambda r, w, m: score(r[None], w, m)[0])(
+        regions, hard_words, hard_mask)
+    if hard_valid is not None:
+      extra = jnp.where(hard_valid, extra, -1e9)
+  loss, accuracy = _symmetric_ce(scores, axis_name, extra)
   return (loss, accuracy) if with_accuracy else loss

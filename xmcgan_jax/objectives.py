@@ -9,8 +9,9 @@ its metric key ('d_NAME' / 'g_NAME', plus '_acc' for a contrastive term's
 top-1 accuracy) and this code. A weight of 0 switches a term off: it is not
 computed. The loss arithmetic itself (hinge, NCE, word-region) is in
 losses.py; this module picks the features each term compares. With hard
-negative captions (config.hard_negative_words) the sentence terms also score
-each image against its caption's one-word swaps (text/hard_negatives.py).
+negative captions (config.hard_negative_words) the sentence and word-region
+terms also score each image against its caption's one-word swaps
+(text/hard_negatives.py).
 
 Objectives run inside the per-device program of the sharded train step:
 metrics are pmean'd over the mesh here, losses stay per-device values whose
@@ -98,7 +99,10 @@ def _word_region_nce(regions: jax.Array, sub: Batch, config: LossConfig):
   return losses.word_region_loss(regions, sub['word_emb'], sub['word_mask'],
                                  gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
                                  axis_name=config.negatives_axis,
-                                 with_accuracy=True)
+                                 with_accuracy=True,
+                                 hard_words=sub.get('hard_word_emb'),
+                                 hard_mask=sub.get('hard_word_mask'),
+                                 hard_valid=sub.get('hard_valid'))
 
 
 def split_real_fake(out, b: int):
@@ -132,8 +136,8 @@ def d_objective(out, sub: Batch, config: LossConfig
 
   Args:
     out: D's output (a DiscOutput) on [real; fake].
-    sub: the sub-batch ('image', 'word_emb', 'word_mask'; 'hard_valid' with
-      hard negative captions).
+    sub: the sub-batch ('image', 'word_emb', 'word_mask'; with hard negative
+      captions 'hard_word_emb', 'hard_word_mask', 'hard_valid').
     config: the objectives' hyperparameters.
 
   Returns:

@@ -4,8 +4,9 @@
 ('circle square triangle', 'top bottom'). For every caption of a batch the
 train step makes one negative per class: one word of the class that the
 caption contains (picked at random) is replaced by another word of the class
-(picked at random). The sentence-image contrastive terms then score each
-image against these captions as well as against the batch's: a caption that
+(picked at random). The sentence-image and word-region contrastive terms
+then score each image against these captions as well as against the batch's
+(image-to-caption direction only: the negatives have no images): a caption that
 differs only in shape or only in row is a negative that a batch of 8 random
 captions rarely holds (docs/shapes.md).
 

@@ -393,8 +393,9 @@ def _encode_text(encoder: TextEncoderFn, params, batch: Batch
                  ) -> Dict[str, jax.Array]:
   """The sub-batches as G and D take them: image, word_emb, sentence_emb,
   word_mask, each (d_steps, b, ...), and with hard negative captions
-  hard_sentence_emb (d_steps, b, K, E) and hard_valid (d_steps, b, K); all
-  sub-batches encoded in one pass."""
+  hard_sentence_emb (d_steps, b, K, E), hard_word_emb (d_steps, b, K, T, E),
+  hard_word_mask and hard_valid (d_steps, b, K); all sub-batches encoded in
+  one pass."""
   token_ids, token_mask = batch['token_ids'], batch['token_mask']
   lead = token_ids.shape[:2]
   flat = lambda x: x.reshape((-1,) + x.shape[-1:])
@@ -405,8 +406,10 @@ def _encode_text(encoder: TextEncoderFn, params, batch: Batch
          'word_mask': token_mask.astype(bool)}
   if 'hard_token_ids' in batch:
     hard_lead = batch['hard_token_ids'].shape[:3]
-    _, hard = encoder(params, flat(batch['hard_token_ids']),
-                      flat(batch['hard_token_mask']))
+    hard_words, hard = encoder(params, flat(batch['hard_token_ids']),
+                               flat(batch['hard_token_mask']))
     out['hard_sentence_emb'] = hard.reshape(hard_lead + hard.shape[1:])
+    out['hard_word_emb'] = hard_words.reshape(hard_lead + hard_words.shape[1:])
+    out['hard_word_mask'] = batch['hard_token_mask'].astype(bool)
     out['hard_valid'] = batch['hard_valid']
   return out
