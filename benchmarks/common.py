@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: config loading, synthetic batches, tables."""
 
+import ast
 import importlib.util
 import os
 from typing import Any, Dict, List, Sequence, Tuple
@@ -34,6 +35,8 @@ def set_field(config, field: str, value: str) -> None:
     node[name] = int(float(value))
   elif isinstance(old, float):
     node[name] = float(value)
+  elif isinstance(old, tuple):  # A Python literal, e.g. "('a b', 'c d')".
+    node[name] = tuple(ast.literal_eval(value))
   else:
     node[name] = value
 

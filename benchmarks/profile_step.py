@@ -145,13 +145,14 @@ def main(argv=None) -> None:
   g_tx, d_tx = builders.build_optimizers(config)
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(0), generator, discriminator, g_tx, d_tx, mesh)
-  step_config = builders.build_step_config(config)
+  # A real batch of the config's input pipeline (data prepared on demand).
+  tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
+  word_classes = train_lib.hard_negative_classes(config, tokenizer)
+  step_config = builders.build_step_config(config, word_classes)
   token_step = train_step_lib.make_train_step(
       generator, discriminator, g_tx, d_tx, mesh, step_config,
       text_encoder=text.features_fn())
 
-  # A real batch of the config's input pipeline (data prepared on demand).
-  tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
   data = pipeline.create_input_pipeline(config, tokenizer, 0, 1)
   batches = pipeline.as_numpy(data.train_dataset(
       config.batch_size, config.d_steps_per_g_step, 0))
@@ -163,11 +164,13 @@ def main(argv=None) -> None:
 
   # config.text_feature_table: every training caption's features, looked up
   # (the step without the encoder's arithmetic).
-  table = feature_table.build(text.features_fn(), text.params,
-                              *data.train_caption_tokens())
-  table_step = train_step_lib.make_train_step(
-      generator, discriminator, g_tx, d_tx, mesh, step_config,
-      text_encoder=feature_table.lookup_fn())
+  table = feature_table.build(
+      text.features_fn(), text.params,
+      *train_lib.step_caption_tokens(data, word_classes))
+  table_step, plain_table_step = (train_step_lib.make_train_step(
+      generator, discriminator, g_tx, d_tx, mesh, c,
+      text_encoder=feature_table.lookup_fn()) for c in (
+          step_config, builders.build_step_config(config)))
   table_frozen = {'text_encoder': parallel.replicate(table.params, mesh)}
   holder = {'state': state}
 
@@ -184,6 +187,9 @@ def main(argv=None) -> None:
   timed = {
       f'whole step, text feature table ({len(table.token_ids)} captions)':
           run(table_step, sharded, table_frozen)}
+  if word_classes:  # What the hard negative captions cost.
+    timed['whole step, text feature table, no hard negatives'] = run(
+        plain_table_step, sharded, table_frozen)
   if not args.whole_step_only:
     # A copy: the steps above donate (delete) the state they are given.
     parts = _parts(config, text, generator, discriminator, batch,

@@ -188,10 +188,13 @@ def test_profile_step_times_every_part(tmp_path):
   part of the step, each a number."""
   result = _run([sys.executable, '-m', 'benchmarks.profile_step',
                  '--config=configs/tiny.py', '--steps=1', '--warmup=1',
-                 '--pipeline_batches=2'], _env(tmp_path), 600)
+                 '--pipeline_batches=2',
+                 "--set=hard_negative_words=('circle square triangle',"
+                 "'left right')"], _env(tmp_path), 600)
   rows = [line for line in result.stdout.splitlines()
           if line.startswith('| ') and not line.startswith('| part')]
-  for part in ('whole step (token ids in', 'whole step, text feature table',
+  for part in ('whole step (token ids in', 'whole step, text feature table (',
+               'whole step, text feature table, no hard negatives',
                'text encoder', 'G forward + backward', 'D forward + backward',
                'sentence NCE', 'word-region NCE', 'Adam, G', 'Adam, D',
                'EMA of G', 'host:', 'input pipeline'):

@@ -182,9 +182,7 @@ def setup(config, workdir: str) -> TrainingRun:
         config.image_encoder.name, config.image_encoder.weights,
         config.image_encoder.feature, config.image_encoder.preprocess,
         dtype=jnp.dtype(config.dtype))
-  word_classes = hard_negatives.word_class_ids(
-      config.hard_negative_words,
-      lambda words: tokenizer.tokenize_numpy(words, _WORD_TOKENS))
+  word_classes = hard_negative_classes(config, tokenizer)
   text_fn, text_params, table = _step_text_encoder(config, text, data,
                                                    word_classes)
   step_fn = train_step_lib.make_train_step(
@@ -205,6 +203,31 @@ def setup(config, workdir: str) -> TrainingRun:
                      frozen, state, checkpointer, position, table)
 
 
+def hard_negative_classes(config, tokenizer: tokenizer_lib.Tokenizer
+                          ) -> hard_negatives.WordClasses:
+  """config.hard_negative_words as token ids of the run's tokenizer.
+
+  Raises:
+    errors.ConfigError: a bad class, or a word that is not one word piece.
+  """
+  return hard_negatives.word_class_ids(
+      config.hard_negative_words,
+      lambda words: tokenizer.tokenize_numpy(words, _WORD_TOKENS))
+
+
+def step_caption_tokens(data: pipeline.InputPipeline,
+                        word_classes: hard_negatives.WordClasses):
+  """(ids, mask) of every caption the step can see: the training captions
+  and every hard negative the step can make of one (a text feature table's
+  rows)."""
+  ids, mask = data.train_caption_tokens()
+  if not word_classes:
+    return ids, mask
+  swapped_ids, swapped_mask = hard_negatives.all_swaps(ids, mask, word_classes)
+  return (np.concatenate([ids, swapped_ids]),
+          np.concatenate([mask, swapped_mask]))
+
+
 def _step_text_encoder(config, text: text_encoder_lib.TextEncoder,
                        data: pipeline.InputPipeline,
                        word_classes: hard_negatives.WordClasses):
@@ -214,13 +237,8 @@ def _step_text_encoder(config, text: text_encoder_lib.TextEncoder,
   every hard negative the step can make of one), computed here once."""
   if not config.text_feature_table:
     return text.features_fn(), text.params, None
-  ids, mask = data.train_caption_tokens()
-  if word_classes:
-    swapped_ids, swapped_mask = hard_negatives.all_swaps(ids, mask,
-                                                         word_classes)
-    ids = np.concatenate([ids, swapped_ids])
-    mask = np.concatenate([mask, swapped_mask])
-  table = feature_table.build(text.features_fn(), text.params, ids, mask)
+  table = feature_table.build(text.features_fn(), text.params,
+                              *step_caption_tokens(data, word_classes))
   logging.info('Text features of %d distinct training captions computed '
                'once (config.text_feature_table).', len(table.token_ids))
   return feature_table.lookup_fn(), table.params, table
