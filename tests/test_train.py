@@ -93,6 +93,48 @@ def test_shapes_confusion_counts_every_captioned_object(straight_and_resumed,
       assert sum(row) == int(np.sum(truth[..., 0] == shape))
 
 
+def test_d_attributes_scores_every_class_as_separate_d_calls(
+    straight_and_resumed):
+  """benchmarks/d_attributes.py on a trained run: swaps change one word of
+  one class; D's hard-negative scores of the swaps equal D called with each
+  swap as the caption; the table has one row per class of the 2x2 task."""
+  from benchmarks import d_attributes  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.eval import shapes_oracle  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.sampling import sample  # pylint: disable=g-import-not-at-top
+  caption = 'a small red circle at the top left'
+  assert d_attributes.swaps(caption, ['circle', 'square', 'triangle']) == [
+      'a small red square at the top left',
+      'a small red triangle at the top left']
+  assert d_attributes.swaps(caption, ['middle', 'center']) == []
+  workdir = straight_and_resumed[2]
+  out = d_attributes.main(['--workdir', workdir, '--count', '8'])
+  rows = [line.split(' | ') for line in out.splitlines()[2:]]
+  assert [r[0].strip('| ') for r in rows] == list(shapes.WORD_CLASS_NAMES)
+  for row, words in zip(rows, shapes.WORD_CLASSES):
+    assert int(row[1]) == len(words.split()) - 1
+    assert all(0 <= float(v.strip(' |')) <= 100 for v in row[2:])
+
+  sampler = sample.Sampler.from_workdir(workdir)
+  real, _, captions = shapes_oracle.validation_set(
+      4, sampler.config.image_size, grid=sampler.config.shapes_grid,
+      max_objects=sampler.config.shapes_max_objects)
+  swapped = [d_attributes.swaps(c, shapes.SHAPES) for c in captions]
+  _, sentence = sampler.text_features(captions)
+  flat = sampler.text_features([s for pair in swapped for s in pair])[1]
+  discriminator, variables = d_attributes.restore_discriminator(
+      workdir, sampler.config, sentence.shape[-1])
+  true, other = d_attributes.sentence_scores(
+      discriminator, variables, real, sentence, flat.reshape(4, 2, -1))
+  for k in range(2):
+    alone, _ = d_attributes.sentence_scores(
+        discriminator, variables, real, flat.reshape(4, 2, -1)[:, k],
+        flat.reshape(4, 2, -1)[:, :1])
+    np.testing.assert_allclose(other[:, k], alone, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(true, other[:, 0])
+  sampler.close()
+
+
 def test_exact_resume(straight_and_resumed):
   straight, resumed, _ = straight_and_resumed
   for a, b in zip(_arrays(straight), _arrays(resumed)):

@@ -31,6 +31,12 @@ GRID_CELLS = {
     3: ('top left', 'top middle', 'top right', 'middle left', 'center',
         'middle right', 'bottom left', 'bottom middle', 'bottom right'),
 }
+# Classes of interchangeable caption words, one per attribute (shape, colour,
+# size, row and column of a 2x2 grid): config.hard_negative_words of the
+# default (3x3 cells also say 'middle' and 'center', which have no swap here).
+WORD_CLASSES = (' '.join(SHAPES), ' '.join(COLOUR_NAMES), ' '.join(SIZES),
+                'top bottom', 'left right')
+WORD_CLASS_NAMES = ('shape', 'colour', 'size', 'row', 'column')
 BACKGROUND = (200, 200, 200)
 # Radius of the shape as a fraction of the cell side, per size.
 _RADIUS = {'small': 0.22, 'large': 0.42}

@@ -129,6 +129,14 @@ class Sampler:
     """(ids, mask) (N, max_tokens) of captions, as training tokenized them."""
     return self._tokenizer.tokenize(list(captions), self.config.max_tokens)
 
+  def text_features(self, captions: Sequence[str]
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """(word (N, T, E), sentence (N, E)) features of captions, as training
+    computed them."""
+    words, sentence = self._text_features(self._text.params,
+                                          *self.tokenize(captions))
+    return np.asarray(words), np.asarray(sentence)
+
   def sample_batches(self, captions: Sequence[str], seed: int = 0,
                      ema: bool = True, batch_size: int = 64
                      ) -> Iterator[np.ndarray]:
