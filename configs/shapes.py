@@ -61,6 +61,13 @@ def get_config():
   c.g_lr = 4e-4
   c.d_lr = 8e-4
   c.ema_decay = 0.998  # A 500-step horizon.
+  # One hard negative caption per attribute (the words of data/shapes.py's
+  # WORD_CLASSES): a batch of 8 rarely holds two captions that differ in one
+  # word, and with these the run reaches 64.0% object exact (50.5% without),
+  # steady over 3 seeds, for 1.3x the step time (docs/shapes.md).
+  c.hard_negative_words = ('circle square triangle',
+                           'red green blue yellow purple orange',
+                           'small large', 'top bottom', 'left right')
   c.num_train_steps = 3_500  # G updates (about 14 minutes on 2 cores, all in).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500

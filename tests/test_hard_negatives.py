@@ -1,5 +1,7 @@
 """Hard negative captions: word swaps, the loss with them, D and the step."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +16,10 @@ from xmcgan_jax.models import Discriminator
 from xmcgan_jax import parallel
 from xmcgan_jax.text import hard_negatives
 from xmcgan_jax.training import builders
+from xmcgan_jax.training import train
 from xmcgan_jax.training import train_step as ts
 
-SHAPES_CLASSES = ('circle square triangle',
-                  'red green blue yellow purple orange', 'small large',
-                  'top bottom', 'left right')
+SHAPES_CLASSES = shapes.WORD_CLASSES
 
 
 @pytest.fixture(scope='module')
@@ -103,9 +104,13 @@ def test_bad_word_classes_are_named(tokenizer):
     _classes(tokenizer, ('circle shapelier',))
   config = fake_data.base_config(hard_negative_words=('circle square',),
                                  **{'loss_weights.sentence': 0.0,
-                                    'loss_weights.word_region': 0.0})
-  with pytest.raises(errors.ConfigError, match='are both 0'):
-    config_base.validate(config, 1)
+                                    'loss_weights.word_region': 0.0,
+                                    'loss_weights.image_pretrained': 0.0})
+  # Hinge only: valid, and no negatives are drawn (no term would score them).
+  config_base.validate(config, 1)
+  assert train.hard_negative_classes(config, tokenizer) == ()
+  config.loss_weights.word_region = 1.0
+  assert len(train.hard_negative_classes(config, tokenizer)) == 1
 
 
 def _np_ce(logits, label):
@@ -218,3 +223,10 @@ def test_step_with_hard_negatives_is_device_count_invariant():
   # More negatives: a larger sentence loss than with the batch's alone.
   for term in ('d_sentence', 'g_sentence', 'd_word_region', 'g_word_region'):
     assert with_8[1][term] > without[1][term], term
+
+
+def test_default_config_swaps_every_shapes_attribute():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  config = common.load_config(os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'shapes.py'))
+  assert tuple(config.hard_negative_words) == shapes.WORD_CLASSES

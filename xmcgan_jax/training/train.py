@@ -207,9 +207,15 @@ def hard_negative_classes(config, tokenizer: tokenizer_lib.Tokenizer
                           ) -> hard_negatives.WordClasses:
   """config.hard_negative_words as token ids of the run's tokenizer.
 
+  Returns:
+    One tuple of token ids per class; () when the sentence and word-region
+    weights are both 0 (no term would score the negatives).
+
   Raises:
     errors.ConfigError: a bad class, or a word that is not one word piece.
   """
+  if not (config.loss_weights.sentence or config.loss_weights.word_region):
+    return ()
   return hard_negatives.word_class_ids(
       config.hard_negative_words,
       lambda words: tokenizer.tokenize_numpy(words, _WORD_TOKENS))
