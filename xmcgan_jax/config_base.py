@@ -166,8 +166,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # one-piece words, e.g. ('circle square triangle', 'top bottom'). Each
   # caption gets one negative per class with a word of the class swapped;
   # the sentence and word-region NCE score every image against them too.
-  # () = off; unused (none drawn) while both of those terms' weights are 0,
-  # so a hinge-only override needs no change here.
+  # () = off; none are drawn while both those terms' weights are 0.
   c.hard_negative_words = ()
   c.num_train_steps = 500_000  # G updates.
 
