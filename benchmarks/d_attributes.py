@@ -15,17 +15,13 @@ gives G no reason to draw it.
 """
 
 import argparse
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 import numpy as np
 
-from xmcgan_jax import errors
 from xmcgan_jax import models
-from xmcgan_jax import parallel
 from xmcgan_jax import run_dir
 from xmcgan_jax.data import shapes
 from xmcgan_jax.eval import shapes_oracle
@@ -43,27 +39,17 @@ def swaps(caption: str, words: Sequence[str]) -> List[str]:
           for w in words if w != tokens[at]]
 
 
-def restore_discriminator(workdir: str, config, text_width: int):
-  """(D module, {'params', 'spectral_norm_stats'}) of the newest checkpoint."""
-  _, discriminator = models.build_models(config, text_width)
-  size = config.image_size
+def restore_discriminator(sampler: sample.Sampler, text_width: int):
+  """(D module, {'params', 'spectral_norm_stats'}) of the checkpoint the
+  sampler's G came from."""
+  _, discriminator = models.build_models(sampler.config, text_width)
+  size = sampler.config.image_size
   shapes_of = jax.eval_shape(lambda: discriminator.init(
       jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)),
       jnp.zeros((2, text_width)), train=False))
-  replicated = NamedSharding(parallel.make_mesh(jax.local_devices()[:1]),
-                             parallel.REPLICATED)
-  abstract = {'d_params': shapes_of['params'],
-              'd_state': shapes_of['spectral_norm_stats']}
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=replicated), abstract)
-  checkpointer = run_dir.Checkpointer(
-      os.path.join(workdir, run_dir.CHECKPOINT_DIR),
-      keep=config.keep_checkpoints, asynchronous=False)
-  restored = checkpointer.restore_latest(abstract, partial=True)
-  checkpointer.close()
-  if restored is None:
-    raise errors.MissingFileError(f'No readable checkpoint under {workdir}.')
-  weights = restored[1]
+  weights = sampler.restore_fields(sample.on_one_device(
+      {'d_params': shapes_of['params'],
+       'd_state': shapes_of['spectral_norm_stats']}))
   return discriminator, {'params': weights['d_params'],
                          'spectral_norm_stats': weights['d_state']}
 
@@ -129,8 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
       max_objects=c.shapes_max_objects)
   fake = sampler.sample(captions, seed=0, ema=False)
   _, sentence = sampler.text_features(captions)
-  discriminator, variables = restore_discriminator(
-      workdir, c, sentence.shape[-1])
+  discriminator, variables = restore_discriminator(sampler,
+                                                   sentence.shape[-1])
   rows = {}
   for name, words in zip(shapes.WORD_CLASS_NAMES, shapes.WORD_CLASSES):
     words = words.split()

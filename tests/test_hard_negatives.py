@@ -19,7 +19,6 @@ from xmcgan_jax.training import builders
 from xmcgan_jax.training import train
 from xmcgan_jax.training import train_step as ts
 
-SHAPES_CLASSES = shapes.WORD_CLASSES
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +30,7 @@ def tokenizer(tmp_path_factory):
   return tokenizer_lib.Tokenizer(str(path))
 
 
-def _classes(tokenizer, classes=SHAPES_CLASSES):
+def _classes(tokenizer, classes=shapes.WORD_CLASSES):
   return hard_negatives.word_class_ids(
       classes, lambda words: tokenizer.tokenize_numpy(words, 8))
 
@@ -54,7 +53,7 @@ def test_each_negative_swaps_one_word_of_its_class(tokenizer):
                                 np.repeat(mask[:, None], len(classes), 1))
   assert valid.all()  # Every one-object caption names all five attributes.
   vocab = {i: w for w, i in zip(
-      *[sum((c.split() for c in SHAPES_CLASSES), []), sum(classes, ())])}
+      *[sum((c.split() for c in shapes.WORD_CLASSES), []), sum(classes, ())])}
   for n, caption in enumerate(captions):
     for k, members in enumerate(classes):
       changed = np.nonzero(neg_ids[n, k] != ids[n])[0]

@@ -123,7 +123,7 @@ def test_d_attributes_scores_every_class_as_separate_d_calls(
   _, sentence = sampler.text_features(captions)
   flat = sampler.text_features([s for pair in swapped for s in pair])[1]
   discriminator, variables = d_attributes.restore_discriminator(
-      workdir, sampler.config, sentence.shape[-1])
+      sampler, sentence.shape[-1])
   true, other = d_attributes.sentence_scores(
       discriminator, variables, real, sentence, flat.reshape(4, 2, -1))
   for k in range(2):

@@ -10,7 +10,7 @@ checkpoint, captions are tokenized by Hugging Face `tokenizers` WordPiece.
 """
 
 import os
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +137,18 @@ class Sampler:
                                           *self.tokenize(captions))
     return np.asarray(words), np.asarray(sentence)
 
+  def restore_fields(self, abstract: Dict[str, Any]) -> Dict[str, Any]:
+    """Other TrainState fields of the checkpoint G's weights came from.
+
+    Args:
+      abstract: field name -> abstract tree (see `on_one_device`), e.g. D's
+        {'d_params': ..., 'd_state': ...}.
+
+    Returns:
+      The same names -> restored arrays.
+    """
+    return _restore_fields(self._checkpointer, abstract, self.step)
+
   def sample_batches(self, captions: Sequence[str], seed: int = 0,
                      ema: bool = True, batch_size: int = 64
                      ) -> Iterator[np.ndarray]:
@@ -195,10 +207,21 @@ class Sampler:
     return state
 
 
-def _restore(checkpointer: run_dir.Checkpointer,
-             like: GeneratorWeights, step: Optional[int]) -> GeneratorWeights:
-  """G's weights of checkpoint `step` (default: the newest readable)."""
-  abstract = like._asdict()  # The TrainState fields of the same names.
+def on_one_device(tree: Any) -> Any:
+  """ShapeDtypeStructs of tree's leaves, replicated on one local device: an
+  abstract state to restore a checkpoint into for sampling or a tool."""
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  replicated = NamedSharding(mesh, parallel.REPLICATED)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      tree)
+
+
+def _restore_fields(checkpointer: run_dir.Checkpointer,
+                    abstract: Dict[str, Any], step: Optional[int]
+                    ) -> Dict[str, Any]:
+  """The TrainState fields named in `abstract` of checkpoint `step`
+  (default: the newest readable)."""
   if step is None:
     restored = checkpointer.restore_latest(abstract, partial=True)
   else:
@@ -206,7 +229,15 @@ def _restore(checkpointer: run_dir.Checkpointer,
   if restored is None:
     raise errors.MissingFileError(
         f'No readable checkpoint under {checkpointer.directory}.')
-  return GeneratorWeights(**restored[1])
+  return restored[1]
+
+
+def _restore(checkpointer: run_dir.Checkpointer,
+             like: GeneratorWeights, step: Optional[int]) -> GeneratorWeights:
+  """G's weights of checkpoint `step` (default: the newest readable)."""
+  # The TrainState fields of the same names.
+  return GeneratorWeights(**_restore_fields(checkpointer, like._asdict(),
+                                            step))
 
 
 def _abstract_weights(generator) -> GeneratorWeights:
@@ -214,16 +245,11 @@ def _abstract_weights(generator) -> GeneratorWeights:
   shapes = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), *generator_lib.dummy_inputs(generator),
       train=False))
-  mesh = parallel.make_mesh(jax.local_devices()[:1])
-  replicated = NamedSharding(mesh, parallel.REPLICATED)
-  with_sharding = lambda tree: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      tree)
   return GeneratorWeights(
-      step=with_sharding(jax.ShapeDtypeStruct((), jnp.int32)),
-      g_params=with_sharding(shapes['params']),
-      g_state=with_sharding(shapes['batch_stats']),
-      ema_g_params=with_sharding(shapes['params']))
+      step=on_one_device(jax.ShapeDtypeStruct((), jnp.int32)),
+      g_params=on_one_device(shapes['params']),
+      g_state=on_one_device(shapes['batch_stats']),
+      ema_g_params=on_one_device(shapes['params']))
 
 
 def sample_grid(workdir: str, captions: Sequence[str], output: str = '',
