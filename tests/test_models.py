@@ -13,6 +13,8 @@ from xmcgan_jax.models import discriminator as discriminator_lib
 from xmcgan_jax.models import Generator
 from xmcgan_jax.models import generator as generator_lib
 from xmcgan_jax.models import layers
+from xmcgan_jax import config_base
+from xmcgan_jax import errors
 from xmcgan_jax import parallel
 
 E, T, Z = 16, 6, 8
@@ -304,10 +306,12 @@ def test_padded_output_conv_and_remat_change_nothing():
 
 
 class _NaiveSpectralConv(nn.Module):
-  """The 2021 formulation: 'SAME' conv, then (pool) 2x2 average pooling."""
+  """The 2021 formulation: 'SAME' conv, then (pool) 2x2 average pooling
+  (or, with max_pool, 2x2 max pooling)."""
   features: int
   kernel_size: int = 3
   pool: bool = False
+  max_pool: bool = False
 
   @nn.compact
   def __call__(self, x, update_stats):
@@ -319,6 +323,8 @@ class _NaiveSpectralConv(nn.Module):
         x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         precision='highest')
     y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    if self.pool and self.max_pool:
+      return nn.max_pool(y, (2, 2), (2, 2))
     return layers.avg_pool2(y) if self.pool else y
 
 
@@ -359,14 +365,44 @@ def _blocks_agree(fast, naive, x, *static, rename=lambda p: p):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('size,kernel', [(8, 3), (6, 3), (10, 1)])
-def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel):
+@pytest.mark.parametrize('size,kernel,max_pool', [
+    (8, 3, False), (6, 3, False), (10, 1, False), (8, 3, True),
+    (10, 1, True)])
+def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel, max_pool):
   """D's conv + 2x2 average pool as one stride-2 conv (even sizes, odd and
-  even outputs); the 1x1 shortcut pools first."""
+  even outputs); the 1x1 shortcut pools first. max_pool: the conv's output,
+  2x2 max-pooled."""
   x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)),
                   jnp.float32)
-  _blocks_agree(layers.SpectralConv(5, kernel, pool=True),
-                _NaiveSpectralConv(5, kernel, pool=True), x, True)
+  _blocks_agree(layers.SpectralConv(5, kernel, pool=True, max_pool=max_pool),
+                _NaiveSpectralConv(5, kernel, pool=True, max_pool=max_pool),
+                x, True)
+
+
+def test_max_downsample_keeps_the_parameters_and_changes_the_pooling():
+  """Discriminator(downsample='max'): the same parameter tree (checkpoints
+  and the parameter count unchanged), another function of the images; a
+  bad value is named."""
+  _, s, _, _ = _text(2)
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 64, 64, 3)),
+                  jnp.float32)
+  outs, trees = [], []
+  for downsample in ('avg', 'max'):
+    d = Discriminator(image_size=64, base_width=2, text_dim=E,
+                      downsample=downsample)
+    variables = d.init(jax.random.key(0), x, s, train=False)
+    trees.append(jax.tree.map(jnp.shape, variables))
+    outs.append(jax.jit(lambda v, x, s, d=d: d.apply(v, x, s, train=False))(
+        variables, x, s))
+  assert trees[0] == trees[1]
+  assert not np.allclose(outs[0].logits, outs[1].logits)
+  with pytest.raises(ValueError, match="downsample='median'"):
+    Discriminator(image_size=64, base_width=2, text_dim=E,
+                  downsample='median').init(jax.random.key(0), x, s)
+  config = config_base.get_base_config()
+  config.d_downsample = 'median'
+  with pytest.raises(errors.ConfigError, match="config.d_downsample='median'"):
+    config_base.validate(config)
 
 
 @pytest.mark.parametrize('height,width', [(8, 8), (7, 5), (4, 9)])

@@ -32,5 +32,6 @@ def build_models(config, text_dim: int) -> Tuple[Generator, Discriminator]:
       cond_upsample=config.g_cond_upsample)
   discriminator = Discriminator(
       image_size=config.image_size, base_width=config.d_width,
-      text_dim=text_dim, dtype=dtype, remat=config.remat)
+      text_dim=text_dim, dtype=dtype, remat=config.remat,
+      downsample=config.get('d_downsample', 'avg'))
   return generator, discriminator

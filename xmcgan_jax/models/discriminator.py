@@ -53,18 +53,20 @@ class OptimizedBlock(nn.Module):
   """First block: conv3x3 -> ReLU -> conv3x3 -> pool; shortcut pool -> conv1x1.
 
   Each "conv, then pool" runs as one exact stride-2 conv (layers.SpectralConv
-  with pool=True).
+  with pool=True). With max_pool, conv2's pooling takes the maximum instead
+  (the shortcut still averages).
   """
   features: int
   dtype: Dtype = jnp.float32
+  max_pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name, pool=False: layers.SpectralConv(
-        self.features, k, self.dtype, pool=pool, name=name)
+    conv = lambda k, name, pool=False, max_pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, max_pool=max_pool, name=name)
     h = conv(3, 'conv1')(x, train)
-    h = conv(3, 'conv2', pool=True)(nn.relu(h), train)
-    shortcut = conv(1, 'shortcut', pool=True)(x, train)
+    h = conv(3, 'conv2', pool=True, max_pool=self.max_pool)(nn.relu(h), train)
+    shortcut = conv(1, 'shortcut', pool=True, max_pool=self.max_pool)(x, train)
     return h + shortcut
 
 
@@ -72,21 +74,26 @@ class DiscBlock(nn.Module):
   """ReLU -> conv3x3 -> ReLU -> conv3x3 (-> pool); learnable shortcut if needed.
 
   With downsample, conv2 and the shortcut conv each run with their pooling
-  as one exact stride-2 conv (layers.SpectralConv with pool=True).
+  as one exact stride-2 conv (layers.SpectralConv with pool=True). With
+  max_pool, conv2's pooling takes the maximum instead (the shortcut still
+  averages).
   """
   features: int
   downsample: bool
   dtype: Dtype = jnp.float32
+  max_pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name, pool=False: layers.SpectralConv(
-        self.features, k, self.dtype, pool=pool, name=name)
+    conv = lambda k, name, pool=False, max_pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, max_pool=max_pool, name=name)
     h = conv(3, 'conv1')(nn.relu(x), train)
-    h = conv(3, 'conv2', pool=self.downsample)(nn.relu(h), train)
+    h = conv(3, 'conv2', pool=self.downsample, max_pool=self.max_pool)(
+        nn.relu(h), train)
     shortcut = x
     if self.downsample or x.shape[-1] != self.features:
-      shortcut = conv(1, 'shortcut', pool=self.downsample)(x, train)
+      shortcut = conv(1, 'shortcut', pool=self.downsample,
+                      max_pool=self.max_pool)(x, train)
     return h + shortcut
 
 
@@ -99,12 +106,16 @@ class Discriminator(nn.Module):
     text_dim: E; region features are projected to it.
     dtype: compute dtype (parameters stay float32, logits come out float32).
     remat: recompute block activations in the backward pass (less memory).
+    downsample: the residual branch's 2x2 pooling, 'avg' (the paper's) or
+      'max' (a Shapes study option: average pooling learned circle from
+      square slowly, docs/shapes.md).
   """
   image_size: int = 128
   base_width: int = 96
   text_dim: int = 768
   dtype: Dtype = jnp.float32
   remat: bool = False
+  downsample: str = 'avg'
 
   @nn.compact
   def __call__(self, images: jax.Array, sentence_emb: jax.Array,
@@ -128,13 +139,17 @@ class Discriminator(nn.Module):
       raise ValueError(f'Discriminator got images of shape {images.shape[1:]}, '
                        f'expected {(self.image_size, self.image_size, 3)}.')
     df = self.base_width
-    h = OptimizedBlock(df, self.dtype, name='block0')(
+    if self.downsample not in ('avg', 'max'):
+      raise ValueError(f"downsample={self.downsample!r}: use 'avg' or 'max'.")
+    max_pool = self.downsample == 'max'
+    h = OptimizedBlock(df, self.dtype, max_pool, name='block0')(
         images.astype(self.dtype), train)
     regions = None
     # static_argnums counts self: (self, x, train).
     block_cls = nn.remat(DiscBlock, static_argnums=(2,)) if self.remat else DiscBlock
     for i, (mult, down) in enumerate(schedule):
-      h = block_cls(mult * df, down, self.dtype, name=f'block{i + 1}')(h, train)
+      h = block_cls(mult * df, down, self.dtype, max_pool,
+                    name=f'block{i + 1}')(h, train)
       if regions is None and h.shape[1] == REGION_SIZE:
         regions = layers.SpectralConv(self.text_dim, 1, self.dtype,
                                       name='region_proj')(h, train)

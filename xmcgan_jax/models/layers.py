@@ -255,13 +255,16 @@ class SpectralConv(nn.Module):
   """NHWC convolution with a spectrally normalised kernel.
 
   'SAME' stride 1; with `pool`, followed by 2x2 average pooling (even sizes),
-  computed exactly as one stride-2 conv of the pooled kernel (pooled_kernel).
-  The parameter is the k x k kernel either way, and spectral norm acts on it.
+  computed exactly as one stride-2 conv of the pooled kernel (pooled_kernel);
+  with `pool` and `max_pool`, by 2x2 max pooling of the full-resolution
+  output instead. The parameter is the k x k kernel either way, and spectral
+  norm acts on it.
   """
   features: int
   kernel_size: int = 3
   dtype: Dtype = jnp.float32
   pool: bool = False
+  max_pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
@@ -270,9 +273,10 @@ class SpectralConv(nn.Module):
                         (k, k, x.shape[-1], self.features), jnp.float32)
     kernel = _spectral_normalize(self, kernel, update_stats)
     strides, padding = (1, 1), 'SAME'
-    if self.pool and k == 1:  # Pooling first is exact and 4x cheaper.
+    max_pool = self.pool and self.max_pool
+    if self.pool and k == 1 and not max_pool:  # Exact and 4x cheaper.
       x = avg_pool2(x)
-    elif self.pool:
+    elif self.pool and not max_pool:
       kernel = pooled_kernel(kernel)
       strides, padding = (2, 2), ((k // 2, k // 2), (k // 2, k // 2))
     y = jax.lax.conv_general_dilated(
@@ -280,4 +284,5 @@ class SpectralConv(nn.Module):
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     bias = self.param('bias', nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    return y + bias.astype(self.dtype)
+    y = y + bias.astype(self.dtype)
+    return nn.max_pool(y, (2, 2), (2, 2)) if max_pool else y
