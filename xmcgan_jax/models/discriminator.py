@@ -53,8 +53,8 @@ class OptimizedBlock(nn.Module):
   """First block: conv3x3 -> ReLU -> conv3x3 -> pool; shortcut pool -> conv1x1.
 
   Each "conv, then pool" runs as one exact stride-2 conv (layers.SpectralConv
-  with pool=True). With max_pool, conv2's pooling takes the maximum instead
-  (the shortcut still averages).
+  with pool=True). With max_pool, both poolings take the maximum instead
+  (conv, then 2x2 max pooling).
   """
   features: int
   dtype: Dtype = jnp.float32
@@ -75,8 +75,8 @@ class DiscBlock(nn.Module):
 
   With downsample, conv2 and the shortcut conv each run with their pooling
   as one exact stride-2 conv (layers.SpectralConv with pool=True). With
-  max_pool, conv2's pooling takes the maximum instead (the shortcut still
-  averages).
+  max_pool, both poolings take the maximum instead (conv, then 2x2 max
+  pooling).
   """
   features: int
   downsample: bool
@@ -106,9 +106,9 @@ class Discriminator(nn.Module):
     text_dim: E; region features are projected to it.
     dtype: compute dtype (parameters stay float32, logits come out float32).
     remat: recompute block activations in the backward pass (less memory).
-    downsample: the residual branch's 2x2 pooling, 'avg' (the paper's) or
-      'max' (a Shapes study option: average pooling learned circle from
-      square slowly, docs/shapes.md).
+    downsample: the blocks' 2x2 pooling (residual branch and shortcut),
+      'avg' (the paper's) or 'max' (a study option: with average pooling D
+      learned circle from square slowly on Shapes, docs/shapes.md).
   """
   image_size: int = 128
   base_width: int = 96
