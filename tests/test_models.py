@@ -307,11 +307,11 @@ def test_padded_output_conv_and_remat_change_nothing():
 
 class _NaiveSpectralConv(nn.Module):
   """The 2021 formulation: 'SAME' conv, then (pool) 2x2 average pooling
-  (or, with max_pool, 2x2 max pooling)."""
+  (pool_op 'max': the maximum; 'mixed': the mean of maximum and average)."""
   features: int
   kernel_size: int = 3
   pool: bool = False
-  max_pool: bool = False
+  pool_op: str = 'avg'
 
   @nn.compact
   def __call__(self, x, update_stats):
@@ -323,9 +323,10 @@ class _NaiveSpectralConv(nn.Module):
         x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         precision='highest')
     y = y + self.param('bias', nn.initializers.zeros, (self.features,))
-    if self.pool and self.max_pool:
-      return nn.max_pool(y, (2, 2), (2, 2))
-    return layers.avg_pool2(y) if self.pool else y
+    if not self.pool:
+      return y
+    top, mean = nn.max_pool(y, (2, 2), (2, 2)), layers.avg_pool2(y)
+    return {'avg': mean, 'max': top, 'mixed': (top + mean) / 2}[self.pool_op]
 
 
 class _NaiveUpConv(nn.Module):
@@ -365,37 +366,38 @@ def _blocks_agree(fast, naive, x, *static, rename=lambda p: p):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('size,kernel,max_pool', [
-    (8, 3, False), (6, 3, False), (10, 1, False), (8, 3, True),
-    (10, 1, True)])
-def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel, max_pool):
+@pytest.mark.parametrize('size,kernel,pool_op', [
+    (8, 3, 'avg'), (6, 3, 'avg'), (10, 1, 'avg'), (8, 3, 'max'),
+    (10, 1, 'max'), (6, 3, 'mixed'), (8, 1, 'mixed')])
+def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel, pool_op):
   """D's conv + 2x2 average pool as one stride-2 conv (even sizes, odd and
-  even outputs); the 1x1 shortcut pools first. max_pool: the conv's output,
-  2x2 max-pooled."""
+  even outputs); the 1x1 shortcut pools first. 'max' and 'mixed': the
+  conv's output, pooled."""
   x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)),
                   jnp.float32)
-  _blocks_agree(layers.SpectralConv(5, kernel, pool=True, max_pool=max_pool),
-                _NaiveSpectralConv(5, kernel, pool=True, max_pool=max_pool),
+  _blocks_agree(layers.SpectralConv(5, kernel, pool=True, pool_op=pool_op),
+                _NaiveSpectralConv(5, kernel, pool=True, pool_op=pool_op),
                 x, True)
 
 
 def test_max_downsample_keeps_the_parameters_and_changes_the_pooling():
-  """Discriminator(downsample='max'): the same parameter tree (checkpoints
-  and the parameter count unchanged), another function of the images; a
-  bad value is named."""
+  """Discriminator(downsample='max' or 'mixed'): the same parameter tree
+  (checkpoints and the parameter count unchanged), other functions of the
+  images; a bad value is named."""
   _, s, _, _ = _text(2)
   x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 64, 64, 3)),
                   jnp.float32)
   outs, trees = [], []
-  for downsample in ('avg', 'max'):
+  for downsample in layers.POOL_OPS:
     d = Discriminator(image_size=64, base_width=2, text_dim=E,
                       downsample=downsample)
     variables = d.init(jax.random.key(0), x, s, train=False)
     trees.append(jax.tree.map(jnp.shape, variables))
     outs.append(jax.jit(lambda v, x, s, d=d: d.apply(v, x, s, train=False))(
         variables, x, s))
-  assert trees[0] == trees[1]
-  assert not np.allclose(outs[0].logits, outs[1].logits)
+  assert trees[0] == trees[1] == trees[2]
+  for i, j in ((0, 1), (0, 2), (1, 2)):
+    assert not np.allclose(outs[i].logits, outs[j].logits)
   with pytest.raises(ValueError, match="downsample='median'"):
     Discriminator(image_size=64, base_width=2, text_dim=E,
                   downsample='median').init(jax.random.key(0), x, s)

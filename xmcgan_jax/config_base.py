@@ -148,7 +148,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.g_stem_text = False  # G's stem sees [sentence, z], not z alone (paper).
   # Local CBN's 16x16 map at 32px and up: 'nearest' (paper) or 'bilinear'.
   c.g_cond_upsample = 'nearest'
-  c.d_downsample = 'avg'  # D's 2x2 pooling: 'avg' (paper) or 'max'.
+  c.d_downsample = 'avg'  # D's 2x2 pooling: 'avg' (paper), 'max', 'mixed'.
 
   # Optimisation.
   c.batch_size = 256  # Global batch per sub-step (real images per D update).
@@ -334,8 +334,8 @@ def validate(config: ml_collections.ConfigDict,
   if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,
         "use 'nearest' or 'bilinear'.")
-  if config.get('d_downsample', 'avg') not in ('avg', 'max'):
-    bad('d_downsample', config.d_downsample, "use 'avg' or 'max'.")
+  if config.get('d_downsample', 'avg') not in ('avg', 'max', 'mixed'):
+    bad('d_downsample', config.d_downsample, "use 'avg', 'max' or 'mixed'.")
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")

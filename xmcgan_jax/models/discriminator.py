@@ -53,20 +53,21 @@ class OptimizedBlock(nn.Module):
   """First block: conv3x3 -> ReLU -> conv3x3 -> pool; shortcut pool -> conv1x1.
 
   Each "conv, then pool" runs as one exact stride-2 conv (layers.SpectralConv
-  with pool=True). With max_pool, both poolings take the maximum instead
-  (conv, then 2x2 max pooling).
+  with pool=True); `pool_op` other than 'avg' pools both branches' full
+  resolution outputs instead (layers.SpectralConv).
   """
   features: int
   dtype: Dtype = jnp.float32
-  max_pool: bool = False
+  pool_op: str = 'avg'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name, pool=False, max_pool=False: layers.SpectralConv(
-        self.features, k, self.dtype, pool=pool, max_pool=max_pool, name=name)
+    conv = lambda k, name, pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, pool_op=self.pool_op,
+        name=name)
     h = conv(3, 'conv1')(x, train)
-    h = conv(3, 'conv2', pool=True, max_pool=self.max_pool)(nn.relu(h), train)
-    shortcut = conv(1, 'shortcut', pool=True, max_pool=self.max_pool)(x, train)
+    h = conv(3, 'conv2', pool=True)(nn.relu(h), train)
+    shortcut = conv(1, 'shortcut', pool=True)(x, train)
     return h + shortcut
 
 
@@ -74,26 +75,25 @@ class DiscBlock(nn.Module):
   """ReLU -> conv3x3 -> ReLU -> conv3x3 (-> pool); learnable shortcut if needed.
 
   With downsample, conv2 and the shortcut conv each run with their pooling
-  as one exact stride-2 conv (layers.SpectralConv with pool=True). With
-  max_pool, both poolings take the maximum instead (conv, then 2x2 max
-  pooling).
+  as one exact stride-2 conv (layers.SpectralConv with pool=True);
+  `pool_op` other than 'avg' pools both branches' full resolution outputs
+  instead (layers.SpectralConv).
   """
   features: int
   downsample: bool
   dtype: Dtype = jnp.float32
-  max_pool: bool = False
+  pool_op: str = 'avg'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, name, pool=False, max_pool=False: layers.SpectralConv(
-        self.features, k, self.dtype, pool=pool, max_pool=max_pool, name=name)
+    conv = lambda k, name, pool=False: layers.SpectralConv(
+        self.features, k, self.dtype, pool=pool, pool_op=self.pool_op,
+        name=name)
     h = conv(3, 'conv1')(nn.relu(x), train)
-    h = conv(3, 'conv2', pool=self.downsample, max_pool=self.max_pool)(
-        nn.relu(h), train)
+    h = conv(3, 'conv2', pool=self.downsample)(nn.relu(h), train)
     shortcut = x
     if self.downsample or x.shape[-1] != self.features:
-      shortcut = conv(1, 'shortcut', pool=self.downsample,
-                      max_pool=self.max_pool)(x, train)
+      shortcut = conv(1, 'shortcut', pool=self.downsample)(x, train)
     return h + shortcut
 
 
@@ -107,8 +107,9 @@ class Discriminator(nn.Module):
     dtype: compute dtype (parameters stay float32, logits come out float32).
     remat: recompute block activations in the backward pass (less memory).
     downsample: the blocks' 2x2 pooling (residual branch and shortcut),
-      'avg' (the paper's) or 'max' (a study option: with average pooling D
-      learned circle from square slowly on Shapes, docs/shapes.md).
+      'avg' (the paper's), 'max' or 'mixed' (layers.POOL_OPS; study options:
+      with average pooling D learned circle from square slowly on Shapes,
+      docs/shapes.md).
   """
   image_size: int = 128
   base_width: int = 96
@@ -139,16 +140,16 @@ class Discriminator(nn.Module):
       raise ValueError(f'Discriminator got images of shape {images.shape[1:]}, '
                        f'expected {(self.image_size, self.image_size, 3)}.')
     df = self.base_width
-    if self.downsample not in ('avg', 'max'):
-      raise ValueError(f"downsample={self.downsample!r}: use 'avg' or 'max'.")
-    max_pool = self.downsample == 'max'
-    h = OptimizedBlock(df, self.dtype, max_pool, name='block0')(
+    if self.downsample not in layers.POOL_OPS:
+      raise ValueError(f'downsample={self.downsample!r}: use one of '
+                       f'{layers.POOL_OPS}.')
+    h = OptimizedBlock(df, self.dtype, self.downsample, name='block0')(
         images.astype(self.dtype), train)
     regions = None
     # static_argnums counts self: (self, x, train).
     block_cls = nn.remat(DiscBlock, static_argnums=(2,)) if self.remat else DiscBlock
     for i, (mult, down) in enumerate(schedule):
-      h = block_cls(mult * df, down, self.dtype, max_pool,
+      h = block_cls(mult * df, down, self.dtype, self.downsample,
                     name=f'block{i + 1}')(h, train)
       if regions is None and h.shape[1] == REGION_SIZE:
         regions = layers.SpectralConv(self.text_dim, 1, self.dtype,

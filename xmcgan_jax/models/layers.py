@@ -251,20 +251,25 @@ def pooled_kernel(kernel: jax.Array) -> jax.Array:
              for a in (0, 1) for b in (0, 1)) / 4
 
 
+# 2x2 pooling of SpectralConv(pool=True): average (the paper's), maximum, or
+# the mean of the two.
+POOL_OPS = ('avg', 'max', 'mixed')
+
+
 class SpectralConv(nn.Module):
   """NHWC convolution with a spectrally normalised kernel.
 
   'SAME' stride 1; with `pool`, followed by 2x2 average pooling (even sizes),
-  computed exactly as one stride-2 conv of the pooled kernel (pooled_kernel);
-  with `pool` and `max_pool`, by 2x2 max pooling of the full-resolution
-  output instead. The parameter is the k x k kernel either way, and spectral
-  norm acts on it.
+  computed exactly as one stride-2 conv of the pooled kernel (pooled_kernel).
+  `pool_op` 'max' pools the full-resolution output by its 2x2 maximum
+  instead, 'mixed' by the mean of the maximum and the average. The parameter
+  is the k x k kernel either way, and spectral norm acts on it.
   """
   features: int
   kernel_size: int = 3
   dtype: Dtype = jnp.float32
   pool: bool = False
-  max_pool: bool = False
+  pool_op: str = 'avg'
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
@@ -273,10 +278,12 @@ class SpectralConv(nn.Module):
                         (k, k, x.shape[-1], self.features), jnp.float32)
     kernel = _spectral_normalize(self, kernel, update_stats)
     strides, padding = (1, 1), 'SAME'
-    max_pool = self.pool and self.max_pool
-    if self.pool and k == 1 and not max_pool:  # Exact and 4x cheaper.
+    if self.pool_op not in POOL_OPS:
+      raise ValueError(f'pool_op={self.pool_op!r}: use one of {POOL_OPS}.')
+    full_resolution = self.pool and self.pool_op != 'avg'
+    if self.pool and k == 1 and not full_resolution:  # Exact, 4x cheaper.
       x = avg_pool2(x)
-    elif self.pool and not max_pool:
+    elif self.pool and not full_resolution:
       kernel = pooled_kernel(kernel)
       strides, padding = (2, 2), ((k // 2, k // 2), (k // 2, k // 2))
     y = jax.lax.conv_general_dilated(
@@ -285,4 +292,7 @@ class SpectralConv(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,),
                       jnp.float32)
     y = y + bias.astype(self.dtype)
-    return nn.max_pool(y, (2, 2), (2, 2)) if max_pool else y
+    if not full_resolution:
+      return y
+    top = nn.max_pool(y, (2, 2), (2, 2))
+    return top if self.pool_op == 'max' else (top + avg_pool2(y)) / 2
