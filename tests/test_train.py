@@ -582,3 +582,22 @@ def test_failed_checkpoint_save_stops_the_run_at_once(straight_and_resumed,
   assert checkpointer.all_steps() == [2, 4]
   step, _, _ = checkpointer.restore_latest(straight)
   assert step == 4
+
+
+def test_d_downsample_from_step_averages_first_then_max_pools(
+    straight_and_resumed, data_dir, tmp_path):
+  """d_downsample='max' from step 2 of 4 equals the paper's average pooling
+  for 2 steps (the fixture's step-2 checkpoint) resumed with max pooling."""
+  straight, _, workdir = straight_and_resumed
+  resumed_dir = str(tmp_path / 'resumed')
+  shutil.copytree(os.path.join(workdir, 'checkpoints'),
+                  os.path.join(resumed_dir, 'checkpoints'))
+  shutil.rmtree(os.path.join(resumed_dir, 'checkpoints', '4'))
+  resumed = train.train(_tiny(data_dir, d_downsample='max'), resumed_dir)
+  switched = train.train(_tiny(data_dir, d_downsample='max',
+                               d_downsample_from_step=2),
+                         str(tmp_path / 'switched'))
+  for a, b in zip(_arrays(resumed), _arrays(switched)):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(_arrays(switched), _arrays(straight)))

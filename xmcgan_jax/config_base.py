@@ -110,9 +110,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   """Paper defaults (COCO-like); each config file overrides what differs."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Model init and noise; also the data order unless data_seed.
-  # Data order, caption choice and flips; -1: seed. Fixing it lets seeds of
-  # a study differ in initialisation and noise only.
-  c.data_seed = -1
+  # Data order, caption choice, flips; -1: seed (fixed: seeds of a study
+  c.data_seed = -1  # differ in initialisation and noise only).
 
   # Data.
   c.dataset = 'shapes'  # One of DATASETS.
@@ -149,6 +148,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Local CBN's 16x16 map at 32px and up: 'nearest' (paper) or 'bilinear'.
   c.g_cond_upsample = 'nearest'
   c.d_downsample = 'avg'  # D's 2x2 pooling: 'avg' (paper), 'max', 'mixed'.
+  c.d_downsample_from_step = 0  # G steps before it, D averages.
 
   # Optimisation.
   c.batch_size = 256  # Global batch per sub-step (real images per D update).
@@ -339,6 +339,9 @@ def validate(config: ml_collections.ConfigDict,
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")
+  if config.get('d_downsample_from_step', 0) < 0:
+    bad('d_downsample_from_step', config.d_downsample_from_step,
+        'use 0 (from the start) or a G step.')
   for field in ('batch_size', 'd_steps_per_g_step', 'num_train_steps',
                 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'sample_every_steps', 'g_width',

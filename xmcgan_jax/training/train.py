@@ -146,6 +146,14 @@ class TrainingRun:
   position: int  # This process's position in its data order.
   # With config.text_feature_table: the captions' features the step looks up.
   table: Optional[feature_table.FeatureTable] = None
+  # The step of the G steps before config.d_downsample_from_step (D
+  # averages there), or None.
+  early_step_fn: Optional[Callable[..., Any]] = None
+
+  def step_fn_at(self, step: int) -> Callable[..., Any]:
+    """The step function that makes G step `step` + 1."""
+    early = step < self.config.get('d_downsample_from_step', 0)
+    return self.early_step_fn if early and self.early_step_fn else self.step_fn
 
 
 def setup(config, workdir: str) -> TrainingRun:
@@ -185,10 +193,16 @@ def setup(config, workdir: str) -> TrainingRun:
   word_classes = hard_negative_classes(config, tokenizer)
   text_fn, text_params, table = _step_text_encoder(config, text, data,
                                                    word_classes)
-  step_fn = train_step_lib.make_train_step(
-      generator, discriminator, g_tx, d_tx, mesh,
+  make_step = lambda d: train_step_lib.make_train_step(
+      generator, d, g_tx, d_tx, mesh,
       builders.build_step_config(config, word_classes), text_encoder=text_fn,
       image_encoder=image_encoder.features_fn() if image_encoder else None)
+  step_fn = make_step(discriminator)
+  early_step_fn = None
+  if (config.get('d_downsample_from_step', 0) and
+      discriminator.downsample != 'avg'):
+    # The same parameters; only the pooling differs (compiled when used).
+    early_step_fn = make_step(discriminator.clone(downsample='avg'))
   frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   if image_encoder is not None:
     frozen['image_encoder'] = parallel.replicate(image_encoder.params, mesh)
@@ -200,7 +214,8 @@ def setup(config, workdir: str) -> TrainingRun:
       keep=config.keep_checkpoints)
   state, position = _restore(checkpointer, state, workdir)
   return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
-                     frozen, state, checkpointer, position, table)
+                     frozen, state, checkpointer, position, table,
+                     early_step_fn)
 
 
 def hard_negative_classes(config, tokenizer: tokenizer_lib.Tokenizer
@@ -387,9 +402,8 @@ def train(config, workdir: str) -> train_step_lib.TrainState:
       position = int(batch.pop('next_position'))
       if run.table is not None:
         run.table.check(batch['token_ids'], batch['token_mask'])
-      state, metrics = run.step_fn(state, parallel.shard_batch(batch,
-                                                               run.mesh),
-                                   run.frozen)
+      state, metrics = run.step_fn_at(step)(
+          state, parallel.shard_batch(batch, run.mesh), run.frozen)
       step += 1
       checkpointer.check()  # Stops at once if a background save failed.
       metric_log.add(metrics)
