@@ -146,14 +146,14 @@ class TrainingRun:
   position: int  # This process's position in its data order.
   # With config.text_feature_table: the captions' features the step looks up.
   table: Optional[feature_table.FeatureTable] = None
-  # The step of the G steps before config.d_downsample_from_step (D
-  # averages there), or None.
+  # The step of the first `early_steps` G steps (config.
+  # d_downsample_from_step: D averages there), or None.
   early_step_fn: Optional[Callable[..., Any]] = None
+  early_steps: int = 0
 
   def step_fn_at(self, step: int) -> Callable[..., Any]:
     """The step function that makes G step `step` + 1."""
-    early = step < self.config.get('d_downsample_from_step', 0)
-    return self.early_step_fn if early and self.early_step_fn else self.step_fn
+    return self.early_step_fn if step < self.early_steps else self.step_fn
 
 
 def setup(config, workdir: str) -> TrainingRun:
@@ -198,11 +198,12 @@ def setup(config, workdir: str) -> TrainingRun:
       builders.build_step_config(config, word_classes), text_encoder=text_fn,
       image_encoder=image_encoder.features_fn() if image_encoder else None)
   step_fn = make_step(discriminator)
-  early_step_fn = None
+  early_step_fn, early_steps = None, 0
   if (config.get('d_downsample_from_step', 0) and
       discriminator.downsample != 'avg'):
     # The same parameters; only the pooling differs (compiled when used).
     early_step_fn = make_step(discriminator.clone(downsample='avg'))
+    early_steps = config.d_downsample_from_step
   frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   if image_encoder is not None:
     frozen['image_encoder'] = parallel.replicate(image_encoder.params, mesh)
@@ -215,7 +216,7 @@ def setup(config, workdir: str) -> TrainingRun:
   state, position = _restore(checkpointer, state, workdir)
   return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
                      frozen, state, checkpointer, position, table,
-                     early_step_fn)
+                     early_step_fn, early_steps)
 
 
 def hard_negative_classes(config, tokenizer: tokenizer_lib.Tokenizer
