@@ -29,6 +29,7 @@ from xmcgan_jax import models
 from xmcgan_jax.data import shapes
 from xmcgan_jax.eval import shapes_oracle
 from xmcgan_jax.text import encoder as text_encoder
+from xmcgan_jax.training import builders
 
 
 def caption_features(captions: Sequence[str], encoder, max_tokens: int
@@ -117,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                                  jnp.zeros((2,) + train_x.shape[1:]),
                                  jnp.zeros((2, encoder.width)), train=False)
   params, state = variables['params'], variables['spectral_norm_stats']
-  tx = optax.adam(c.d_lr, b1=c.adam_b1, b2=c.adam_b2)
+  _, tx = builders.build_optimizers(c)  # D's Adam, as training builds it.
   opt_state = tx.init(params)
 
   @jax.jit
