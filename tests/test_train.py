@@ -442,6 +442,14 @@ def test_eval_mode_evaluates_each_checkpoint_once(straight_and_resumed,
   # Any kept checkpoint on request.
   older = make().evaluate(2)
   assert older['step'] == 2 and older['raw/fid'] != result['raw/fid']
+  # --eval_all: every kept checkpoint not yet evaluated (2 here), once.
+  curve = evaluate.run(workdir, evaluator=make(), every_checkpoint=True)
+  assert [r['step'] for r in curve] == [2]
+  assert curve[0]['raw/fid'] == older['raw/fid']
+  assert evaluate.run(workdir, evaluator=make(), every_checkpoint=True) == []
+  with open(os.path.join(eval_dir, 'results.csv')) as f:
+    assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == [
+        '4', '2']
 
 
 def _evaluable_copy(straight_and_resumed, tmp_path) -> str:

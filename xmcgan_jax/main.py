@@ -46,6 +46,9 @@ _EVAL_POLL = flags.DEFINE_bool(
 _EVAL_TIMEOUT = flags.DEFINE_float(
     'eval_timeout_s', 6 * 3600, '--mode=eval --eval_poll: stop after this '
     'long without a new checkpoint.')
+_EVAL_ALL = flags.DEFINE_bool(
+    'eval_all', False, '--mode=eval: evaluate every kept checkpoint not yet '
+    'evaluated, oldest first (the run\'s curve), not only the newest.')
 _MULTIPROCESS = flags.DEFINE_enum(
     'multiprocess', 'auto', ['auto', 'on', 'off'],
     'Call jax.distributed.initialize(): auto = when the environment shows '
@@ -188,7 +191,8 @@ def _run_mode(workdir: str) -> None:
   if _MODE.value == 'eval':
     from xmcgan_jax.eval import evaluate  # pylint: disable=g-import-not-at-top
     results = evaluate.run(workdir, flags.FLAGS.config, poll=_EVAL_POLL.value,
-                           timeout_s=_EVAL_TIMEOUT.value)
+                           timeout_s=_EVAL_TIMEOUT.value,
+                           every_checkpoint=_EVAL_ALL.value)
     for result in results:
       print(result)
     return

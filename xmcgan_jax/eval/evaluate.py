@@ -218,7 +218,8 @@ def _append(eval_dir: str, result: Dict[str, float]) -> None:
 
 def run(workdir: str, config=None, poll: bool = False,
         poll_interval_s: float = 60.0, timeout_s: float = 6 * 3600.0,
-        evaluator: Optional[Evaluator] = None) -> List[Dict[str, float]]:
+        evaluator: Optional[Evaluator] = None,
+        every_checkpoint: bool = False) -> List[Dict[str, float]]:
   """Evaluates the newest checkpoint, or (poll) each new one as it lands.
 
   Args:
@@ -230,6 +231,8 @@ def run(workdir: str, config=None, poll: bool = False,
     poll_interval_s: seconds between looks at the checkpoint directory.
     timeout_s: give up after this long without a new checkpoint.
     evaluator: default Evaluator(workdir, config).
+    every_checkpoint: evaluate every kept checkpoint that results.jsonl does
+      not have, oldest first (a run's curve), not only the newest.
 
   Returns:
     The results of this call, one dict per evaluated checkpoint.
@@ -250,9 +253,12 @@ def run(workdir: str, config=None, poll: bool = False,
     if not steps and not poll:
       raise errors.MissingFileError(
           f'No checkpoint under {workdir}/checkpoints: train first.')
-    if steps and steps[-1] not in done:
-      # The newest only: an eval job that falls behind skips to the present.
-      result = evaluator.evaluate(steps[-1])
+    # By default the newest only: an eval job that falls behind skips to the
+    # present.
+    pending = [s for s in (steps if every_checkpoint else steps[-1:])
+               if s not in done]
+    for step in pending:
+      result = evaluator.evaluate(step)
       _append(eval_dir, result)
       writer.write_scalars(result['step'], {
           k: v for k, v in result.items() if k != 'step'})
@@ -261,7 +267,7 @@ def run(workdir: str, config=None, poll: bool = False,
       results.append(result)
       done.add(result['step'])
       waiting_since = time.monotonic()
-    elif steps:
+    if steps and not pending:
       logging.info('Step %d is evaluated already (%s).', steps[-1],
                    os.path.join(eval_dir, RESULTS_JSONL))
     finished = steps and steps[-1] >= final_step and steps[-1] in done
