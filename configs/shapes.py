@@ -74,7 +74,7 @@ def get_config():
   # pooling from the start lost a position bit (docs/shapes.md).
   c.d_downsample = 'max'
   c.d_downsample_from_step = 500
-  c.num_train_steps = 4_500  # G updates (about 17 minutes on 2 cores, all in).
+  c.num_train_steps = 4_500  # G updates (about 18 minutes on 2 cores, all in).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
