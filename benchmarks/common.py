@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: config loading, synthetic batches, tables."""
 
+import argparse
 import ast
 import importlib.util
 import os
@@ -39,6 +40,25 @@ def set_field(config, field: str, value: str) -> None:
     node[name] = tuple(ast.literal_eval(value))
   else:
     node[name] = value
+
+
+def add_probe_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags the Shapes probes (d_probe, g_probe) share."""
+  parser.add_argument('--config', default='configs/shapes.py')
+  parser.add_argument('--set', action='append', default=[],
+                      metavar='FIELD=VALUE', help='a config override')
+  parser.add_argument('--steps', type=int, default=3500)
+  parser.add_argument('--eval_every', type=int, default=500)
+  parser.add_argument('--train_images', type=int, default=20_000)
+  parser.add_argument('--eval_images', type=int, default=1_000)
+
+
+def probe_config(args: argparse.Namespace):
+  """The config of --config with each --set FIELD=VALUE applied."""
+  config = load_config(args.config)
+  for item in args.set:
+    set_field(config, *item.split('=', 1))
+  return config
 
 
 def synthetic_token_batch(rng: np.random.Generator, shape: Sequence[int],

@@ -90,17 +90,9 @@ def shape_table(captions: Sequence[str], swapped, wins: np.ndarray,
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='configs/shapes.py')
-  parser.add_argument('--set', action='append', default=[],
-                      metavar='FIELD=VALUE', help='a config override')
-  parser.add_argument('--steps', type=int, default=3500)
-  parser.add_argument('--eval_every', type=int, default=500)
-  parser.add_argument('--train_images', type=int, default=20_000)
-  parser.add_argument('--eval_images', type=int, default=1_000)
+  common.add_probe_flags(parser)
   args = parser.parse_args(argv)
-  c = common.load_config(args.config)
-  for item in args.set:
-    common.set_field(c, *item.split('=', 1))
+  c = common.probe_config(args)
   task = dict(image_size=c.image_size, grid=c.shapes_grid,
               max_objects=c.shapes_max_objects)
   train_x, _, train_c = shapes_oracle.generated_set('train', args.train_images,

@@ -66,13 +66,7 @@ def shape_rows(predicted: np.ndarray, truth: np.ndarray) -> List[float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='configs/shapes.py')
-  parser.add_argument('--set', action='append', default=[],
-                      metavar='FIELD=VALUE', help='a config override')
-  parser.add_argument('--steps', type=int, default=3500)
-  parser.add_argument('--eval_every', type=int, default=500)
-  parser.add_argument('--train_images', type=int, default=20_000)
-  parser.add_argument('--eval_images', type=int, default=1_000)
+  common.add_probe_flags(parser)
   parser.add_argument('--loss', choices=('l1', 'l2'), default='l2',
                       help='l2 regresses to the mean over the jitter (a '
                       'shape with soft edges), l1 to the median (sharp); l1 '
@@ -86,9 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                       help="training steps of a new oracle (default: the "
                       "eval job's)")
   args = parser.parse_args(argv)
-  c = common.load_config(args.config)
-  for item in args.set:
-    common.set_field(c, *item.split('=', 1))
+  c = common.probe_config(args)
   if c.dataset != 'shapes':
     parser.error(f'the G probe needs a Shapes config; {args.config} has '
                  f'dataset={c.dataset!r}.')
