@@ -133,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   key = jax.random.PRNGKey(c.seed + 1)
   names = ['colour', 'size', 'shape', 'object exact'] + [
       f'{s} right' for s in shapes.SHAPES]
-  lines = ['| step | L1 | ' + ' | '.join(names) + ' | ms/step |',
+  lines = [f'| step | {args.loss} loss | ' + ' | '.join(names) + ' | ms/step |',
            '|---' * (len(names) + 3) + '|']
   start, evaluating, losses_seen = time.perf_counter(), 0.0, []
   for i in range(1, args.steps + 1):
