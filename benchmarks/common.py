@@ -4,7 +4,8 @@ import argparse
 import ast
 import importlib.util
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -59,6 +60,47 @@ def probe_config(args: argparse.Namespace):
   for item in args.set:
     set_field(config, *item.split('=', 1))
   return config
+
+
+def run_probe(num_examples: int, batch_size: int, seed: int, steps: int,
+              eval_every: int, train_step: Callable[[np.ndarray], Any],
+              evaluate: Callable[[], List[float]], loss_digits: int = 4
+              ) -> List[str]:
+  """The probes' loop: random batches, an evaluation every `eval_every` steps.
+
+  Args:
+    num_examples: training examples the batches are drawn from.
+    batch_size: examples per step, drawn without replacement.
+    seed: seed of the batch order.
+    steps: training steps; the last one is always evaluated.
+    eval_every: steps between evaluations.
+    train_step: takes the batch's row indices, updates the probe and returns
+      that step's loss (a device scalar; its readiness marks the step done).
+    evaluate: returns the table cells of the probe as it stands.
+    loss_digits: decimals of the loss column.
+
+  Returns:
+    One markdown row per evaluation, printed as it is made: step, mean loss of
+    the last 100 steps, the evaluation's cells, and ms per training step with
+    the evaluations' time left out.
+  """
+  rng = np.random.default_rng(seed)
+  rows, losses_seen, evaluating = [], [], 0.0
+  start = time.perf_counter()
+  for i in range(1, steps + 1):
+    losses_seen.append(train_step(rng.choice(num_examples, batch_size,
+                                             replace=False)))
+    if i % eval_every and i != steps:
+      continue
+    jax.block_until_ready(losses_seen[-1])
+    ms = 1000 * (time.perf_counter() - start - evaluating) / i
+    began = time.perf_counter()
+    cells = evaluate()
+    loss = float(np.mean(losses_seen[-100:]))
+    rows.append(f'| {i} | {loss:.{loss_digits}f} | ' + ' | '.join(f'{v:.1f}' for v in cells) + f' | {ms:.0f} |')
+    print(rows[-1], flush=True)
+    evaluating += time.perf_counter() - began
+  return rows
 
 
 def synthetic_token_batch(rng: np.random.Generator, shape: Sequence[int],

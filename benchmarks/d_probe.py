@@ -14,7 +14,6 @@ that learns it faster here is a candidate for the GAN (docs/shapes.md).
 """
 
 import argparse
-import time
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -128,35 +127,33 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_state, opt_state, loss
 
-  rng = np.random.default_rng(c.seed)
   names = shapes.WORD_CLASS_NAMES
+  probe = {'params': params, 'state': state, 'opt_state': opt_state}
+
+  def train_step(rows):
+    probe['params'], probe['state'], probe['opt_state'], loss = step(
+        probe['params'], probe['state'], probe['opt_state'],
+        train_x[rows].astype(np.float32) / 255.0,
+        *(f[rows] for f in train_f[:3]))
+    return loss
+
+  def evaluate():
+    true, other = d_attributes.sentence_scores(
+        discriminator,
+        {'params': probe['params'], 'spectral_norm_stats': probe['state']},
+        eval_x, eval_f[0], eval_f[1])
+    probe['wins'] = (true[:, None] > other) & eval_f[2]
+    return [100 * probe['wins'][:, eval_f[3] == k].sum()
+            / max(eval_f[2][:, eval_f[3] == k].sum(), 1)
+            for k in range(len(names))]
+
   lines = ['| step | loss | ' + ' | '.join(names) + ' | ms/step |',
            '|---' * (len(names) + 3) + '|']
-  start, evaluating, losses_seen = time.perf_counter(), 0.0, []
-  for i in range(1, args.steps + 1):
-    rows = rng.choice(len(train_x), c.batch_size, replace=False)
-    x = train_x[rows].astype(np.float32) / 255.0
-    params, state, opt_state, loss = step(
-        params, state, opt_state, x, *(f[rows] for f in train_f[:3]))
-    losses_seen.append(loss)
-    if i % args.eval_every and i != args.steps:
-      continue
-    jax.block_until_ready(params)
-    ms = 1000 * (time.perf_counter() - start - evaluating) / i
-    began = time.perf_counter()
-    true, other = d_attributes.sentence_scores(
-        discriminator, {'params': params, 'spectral_norm_stats': state},
-        eval_x, eval_f[0], eval_f[1])
-    wins = (true[:, None] > other) & eval_f[2]
-    per_class = [100 * wins[:, eval_f[3] == k].sum()
-                 / max(eval_f[2][:, eval_f[3] == k].sum(), 1)
-                 for k in range(len(names))]
-    lines.append(f'| {i} | {float(np.mean(losses_seen[-100:])):.3f} | '
-                 + ' | '.join(f'{p:.1f}' for p in per_class) + f' | {ms:.0f} |')
-    print(lines[-1], flush=True)
-    evaluating += time.perf_counter() - began
-  out = '\n'.join(lines) + '\n\n' + shape_table(eval_c, eval_s, wins,
-                                                eval_f[3])
+  lines += common.run_probe(len(train_x), c.batch_size, c.seed, args.steps,
+                            args.eval_every, train_step, evaluate,
+                            loss_digits=3)
+  out = '\n'.join(lines) + '\n\n' + shape_table(
+      eval_c, eval_s, probe['wins'], eval_f[3])
   print(out)
   return out
 

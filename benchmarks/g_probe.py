@@ -19,7 +19,6 @@ GAN run whose G draws them alike is short of signal, not of G
 """
 
 import argparse
-import time
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -129,41 +128,37 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                            text['sentence_emb'], text['word_emb'],
                            text['word_mask'], train=False)
 
-  rng = np.random.default_rng(c.seed)
-  key = jax.random.PRNGKey(c.seed + 1)
+  probe = {'params': params, 'state': state, 'opt_state': opt_state,
+           'key': jax.random.PRNGKey(c.seed + 1)}
+
+  def train_step(rows):
+    probe['key'], sub = jax.random.split(probe['key'])
+    probe['params'], probe['state'], probe['opt_state'], loss = step(
+        probe['params'], probe['state'], probe['opt_state'], sub,
+        train_x[rows].astype(np.float32) / 255.0,
+        {k: v[rows] for k, v in train_t.items()})
+    return loss
+
+  def evaluate():
+    probe['images'] = np.concatenate([
+        np.asarray(draw(probe['params'], probe['state'], jax.random.PRNGKey(j),
+                        {k: v[j:j + 100] for k, v in eval_t.items()}))
+        for j in range(0, len(eval_c), 100)])
+    predicted, _ = oracle.predict(probe['images'])
+    found = shapes_oracle.alignment(predicted, eval_truth)
+    values = [100 * found[k] for k in ('colour_accuracy', 'size_accuracy',
+                                        'shape_accuracy', 'object_accuracy')]
+    return values + shape_rows(predicted, eval_truth)
+
   names = ['colour', 'size', 'shape', 'object exact'] + [
       f'{s} right' for s in shapes.SHAPES]
   lines = [f'| step | {args.loss} loss | ' + ' | '.join(names) + ' | ms/step |',
            '|---' * (len(names) + 3) + '|']
-  start, evaluating, losses_seen = time.perf_counter(), 0.0, []
-  for i in range(1, args.steps + 1):
-    rows = rng.choice(len(train_x), c.batch_size, replace=False)
-    x = train_x[rows].astype(np.float32) / 255.0
-    key, sub = jax.random.split(key)
-    params, state, opt_state, loss = step(
-        params, state, opt_state, sub, x,
-        {k: v[rows] for k, v in train_t.items()})
-    losses_seen.append(loss)
-    if i % args.eval_every and i != args.steps:
-      continue
-    jax.block_until_ready(params)
-    ms = 1000 * (time.perf_counter() - start - evaluating) / i
-    began = time.perf_counter()
-    images = np.concatenate([
-        np.asarray(draw(params, state, jax.random.PRNGKey(j),
-                        {k: v[j:j + 100] for k, v in eval_t.items()}))
-        for j in range(0, len(eval_c), 100)])
-    predicted, _ = oracle.predict(images)
-    found = shapes_oracle.alignment(predicted, eval_truth)
-    values = [100 * found[k] for k in ('colour_accuracy', 'size_accuracy',
-                                        'shape_accuracy', 'object_accuracy')]
-    values += shape_rows(predicted, eval_truth)
-    lines.append(f'| {i} | {float(np.mean(losses_seen[-100:])):.4f} | '
-                 + ' | '.join(f'{v:.1f}' for v in values) + f' | {ms:.0f} |')
-    print(lines[-1], flush=True)
-    evaluating += time.perf_counter() - began
+  lines += common.run_probe(len(train_x), c.batch_size, c.seed, args.steps,
+                            args.eval_every, train_step, evaluate)
   if args.save:
-    grid = visualize.make_grid(visualize.to_uint8(images[:16]), eval_c[:16])
+    grid = visualize.make_grid(visualize.to_uint8(probe['images'][:16]),
+                               eval_c[:16])
     Image.fromarray(grid).save(args.save)
   out = '\n'.join(lines) + '\n'
   print(out)

@@ -333,6 +333,28 @@ def test_d_probe_trains_and_scores_as_users_run_it(tmp_path):
   assert '| size | captioned shape | swapped in |' in result.stdout
 
 
+def test_run_probe_evaluates_every_n_steps_and_at_the_end():
+  """benchmarks/common.run_probe (both probes' loop): batches of distinct rows,
+  a row at each multiple of eval_every and at the last step, the loss column
+  the mean of the last 100 steps' losses."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  batches = []
+
+  def train_step(rows):
+    batches.append(rows)
+    return float(len(batches))  # Step i's loss is i.
+
+  rows = common.run_probe(10, 4, 0, 5, 2, train_step,
+                          lambda: [len(batches), 50.0], loss_digits=1)
+  cells = [row.split('|')[1:-1] for row in rows]
+  assert [int(c[0]) for c in cells] == [2, 4, 5]
+  assert [float(c[1]) for c in cells] == [1.5, 2.5, 3.0]
+  assert [float(c[2]) for c in cells] == [2.0, 4.0, 5.0]
+  assert all(len(set(b)) == 4 and max(b) < 10 for b in batches)
+  assert np.all(np.array([float(c[4]) for c in cells]) >= 0)  # ms/step.
+
+
 def test_g_probe_counts_each_captioned_shape():
   """benchmarks/g_probe: per captioned shape, the % of its cells the oracle
   reads as that shape (other cells and empty cells ignored)."""
