@@ -15,6 +15,7 @@ gives G no reason to draw it.
 """
 
 import argparse
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -54,6 +55,21 @@ def restore_discriminator(sampler: sample.Sampler, text_width: int):
                          'spectral_norm_stats': weights['d_state']}
 
 
+# D is a static argument (Flax modules hash by their fields) and the weights
+# are traced, so a probe that scores its D every few hundred steps compiles
+# this once instead of once per call with the weights baked in.
+@functools.partial(jax.jit, static_argnums=0)
+def _scores(discriminator, variables, x, s, h):
+  """(true (n,), swapped (n, K)) cosines of one batch; see sentence_scores."""
+  out = discriminator.apply(variables, x, s, train=False, hard_sentence_emb=h)
+  unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+  pooled = unit(out.pooled.astype(jnp.float32))
+  true = jnp.sum(pooled * unit(out.projection.astype(jnp.float32)), -1)
+  other = jnp.einsum('nc,nkc->nk', pooled,
+                     unit(out.hard_projection.astype(jnp.float32)))
+  return true, other
+
+
 def sentence_scores(discriminator, variables, images: np.ndarray,
                     sentence: np.ndarray, swapped: np.ndarray,
                     batch: int = 100) -> Tuple[np.ndarray, np.ndarray]:
@@ -73,19 +89,8 @@ def sentence_scores(discriminator, variables, images: np.ndarray,
   Returns:
     (true (N,), swapped (N, K)) float32 cosines.
   """
-  @jax.jit
-  def scores(x, s, h):
-    out = discriminator.apply(variables, x, s, train=False,
-                              hard_sentence_emb=h)
-    unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-    pooled = unit(out.pooled.astype(jnp.float32))
-    true = jnp.sum(pooled * unit(out.projection.astype(jnp.float32)), -1)
-    other = jnp.einsum('nc,nkc->nk', pooled,
-                       unit(out.hard_projection.astype(jnp.float32)))
-    return true, other
-
-  parts = [jax.device_get(scores(
-      images[i:i + batch].astype(np.float32) / 255.0, sentence[i:i + batch],
+  parts = [jax.device_get(_scores(
+      discriminator, variables, images[i:i + batch].astype(np.float32) / 255.0, sentence[i:i + batch],
       swapped[i:i + batch])) for i in range(0, len(images), batch)]
   return (np.concatenate([p[0] for p in parts]),
           np.concatenate([p[1] for p in parts]))

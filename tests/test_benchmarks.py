@@ -333,6 +333,41 @@ def test_d_probe_trains_and_scores_as_users_run_it(tmp_path):
   assert '| size | captioned shape | swapped in |' in result.stdout
 
 
+def test_d_attributes_scores_follow_the_weights_they_are_given():
+  """benchmarks/d_attributes.sentence_scores compiles once per D and takes
+  the weights as an argument: each call scores with the weights it is given
+  (equal to D's own cosines), not those of the first call."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  from benchmarks import d_attributes  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax import models  # pylint: disable=g-import-not-at-top
+  c = common.load_config('configs/tiny.py')
+  c.d_width = 2  # 64 px, as configs/tiny.py.
+  _, discriminator = models.build_models(c, 8)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+  sentence = rng.normal(size=(3, 8)).astype(np.float32)
+  swapped = rng.normal(size=(3, 2, 8)).astype(np.float32)
+  results = []
+  for seed in (0, 1):
+    variables = discriminator.init(jax.random.PRNGKey(seed),
+                                   np.zeros((2, 64, 64, 3), np.float32),
+                                   np.zeros((2, 8), np.float32), train=False)
+    true, other = d_attributes.sentence_scores(discriminator, variables,
+                                               images, sentence, swapped,
+                                               batch=2)
+    out = discriminator.apply(variables, images.astype(np.float32) / 255.0,
+                              sentence, train=False)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    np.testing.assert_allclose(
+        true, np.sum(unit(np.asarray(out.pooled))
+                     * unit(np.asarray(out.projection)), -1), atol=1e-5)
+    assert other.shape == (3, 2)
+    results.append(true)
+  assert not np.allclose(results[0], results[1])
+
+
 def test_run_probe_evaluates_every_n_steps_and_at_the_end():
   """benchmarks/common.run_probe (both probes' loop): batches of distinct rows,
   a row at each multiple of eval_every and at the last step, the loss column
