@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -157,3 +158,31 @@ def test_bad_batches_and_configs_are_named():
     fake_data.step_config(contrastive_negatives='cross')
   with pytest.raises(ValueError, match='bn_group'):
     fake_data.step_config(bn_group='pod')
+
+
+def test_lr_decay_scales_adam_over_the_last_steps_and_keeps_its_state():
+  """builders.build_optimizers with lr_decay_steps: each update is constant-
+  rate Adam's times min(1, (num_train_steps - G step) / lr_decay_steps), D's
+  schedule counting d_steps_per_g_step updates per G step; the state is
+  optax.adam's (runs resume across the setting)."""
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.training import builders  # pylint: disable=g-import-not-at-top
+  config = config_base.get_base_config()
+  config.num_train_steps, config.d_steps_per_g_step = 6, 2
+  constant = builders.build_optimizers(config)
+  config.lr_decay_steps = 3
+  decayed = builders.build_optimizers(config)
+  grads = [{'w': jnp.asarray(np.random.default_rng(i).normal(size=4),
+                             jnp.float32)} for i in range(12)]
+  params = {'w': jnp.ones(4)}
+  for which, per_step in ((0, 1), (1, 2)):
+    a, b = constant[which], decayed[which]
+    state_a, state_b = a.init(params), b.init(params)
+    assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+    for count in range(6 * per_step):
+      up_a, state_a = a.update(grads[count], state_a, params)
+      up_b, state_b = b.update(grads[count], state_b, params)
+      step = count // per_step
+      scale = min(1.0, (6 - step) / 3)  # 1, 1, 1, 1, 2/3, 1/3.
+      np.testing.assert_allclose(up_b['w'], scale * up_a['w'], rtol=1e-6)
+      np.testing.assert_allclose(state_b[0].mu['w'], state_a[0].mu['w'])

@@ -157,6 +157,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.d_lr = 4e-4  # Discriminator Adam learning rate.
   c.adam_b1 = 0.5  # Adam beta1 of both optimizers.
   c.adam_b2 = 0.999  # Adam beta2 of both optimizers.
+  # Final G steps over which both rates fall linearly towards 0 (ending at
+  # num_train_steps); 0 = constant rates, the paper's. Not in the paper.
+  c.lr_decay_steps = 0
   c.ema_decay = 0.999  # EMA of generator params.
   c.contrastive_negatives = 'global'  # 'global' batch or 'local' (2021 code).
   c.bn_group = 'device'  # G BatchNorm stats: 'device', 'global' or int examples.
@@ -339,6 +342,10 @@ def validate(config: ml_collections.ConfigDict,
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")
+  if not 0 <= config.get('lr_decay_steps', 0) <= config.num_train_steps:
+    bad('lr_decay_steps', config.lr_decay_steps,
+        f'use 0 (constant rates) to num_train_steps '
+        f'({config.num_train_steps}).')
   if config.get('d_downsample_from_step', 0) < 0:
     bad('d_downsample_from_step', config.d_downsample_from_step,
         'use 0 (from the start) or a G step.')
