@@ -97,7 +97,8 @@ def run_probe(num_examples: int, batch_size: int, seed: int, steps: int,
     began = time.perf_counter()
     cells = evaluate()
     loss = float(np.mean(losses_seen[-100:]))
-    rows.append(f'| {i} | {loss:.{loss_digits}f} | ' + ' | '.join(f'{v:.1f}' for v in cells) + f' | {ms:.0f} |')
+    rows.append(f'| {i} | {loss:.{loss_digits}f} | '
+                + ' | '.join(f'{v:.1f}' for v in cells) + f' | {ms:.0f} |')
     print(rows[-1], flush=True)
     evaluating += time.perf_counter() - began
   return rows

@@ -19,7 +19,7 @@ GAN run whose G draws them alike is short of signal, not of G
 """
 
 import argparse
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,9 @@ def shape_rows(predicted: np.ndarray, truth: np.ndarray) -> List[float]:
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> str:
+def parse_args(argv: Optional[Sequence[str]] = None
+               ) -> Tuple[argparse.Namespace, object]:
+  """(the flags, the config they give); exits on a non-Shapes config."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   common.add_probe_flags(parser)
   parser.add_argument('--loss', choices=('l1', 'l2'), default='l2',
@@ -83,6 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   if c.dataset != 'shapes':
     parser.error(f'the G probe needs a Shapes config; {args.config} has '
                  f'dataset={c.dataset!r}.')
+  return args, c
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+  args, c = parse_args(argv)
   task = dict(image_size=c.image_size, grid=c.shapes_grid,
               max_objects=c.shapes_max_objects)
   oracle = shapes_oracle.ShapesOracle.load_or_train(

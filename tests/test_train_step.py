@@ -10,8 +10,10 @@ import pytest
 import fake_data
 from xmcgan_jax.models import Discriminator
 from xmcgan_jax.models import Generator
+from xmcgan_jax import config_base
 from xmcgan_jax import parallel
 from xmcgan_jax.text import feature_table
+from xmcgan_jax.training import builders
 from xmcgan_jax.training import train_step as ts
 
 SIZE, E, T, Z, B = 64, 16, 6, 8, 16  # B: global batch per sub-step.
@@ -165,8 +167,6 @@ def test_lr_decay_scales_adam_over_the_last_steps_and_keeps_its_state():
   rate Adam's times min(1, (num_train_steps - G step) / lr_decay_steps), D's
   schedule counting d_steps_per_g_step updates per G step; the state is
   optax.adam's (runs resume across the setting)."""
-  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
-  from xmcgan_jax.training import builders  # pylint: disable=g-import-not-at-top
   config = config_base.get_base_config()
   config.num_train_steps, config.d_steps_per_g_step = 6, 2
   constant = builders.build_optimizers(config)

@@ -106,6 +106,31 @@ def _add_evaluation_fields(c: ml_collections.ConfigDict) -> None:
   c.prdc_features = 'inception'
 
 
+def _add_optimisation_fields(c: ml_collections.ConfigDict) -> None:
+  """get_base_config's optimisation fields (batch, rates, losses' settings)."""
+  c.batch_size = 256  # Global batch per sub-step (real images per D update).
+  c.d_steps_per_g_step = 2  # D updates per G update (sub-batches per step).
+  c.g_lr = 1e-4  # Generator Adam learning rate.
+  c.d_lr = 4e-4  # Discriminator Adam learning rate.
+  c.adam_b1 = 0.5  # Adam beta1 of both optimizers.
+  c.adam_b2 = 0.999  # Adam beta2 of both optimizers.
+  # Final G steps over which both rates fall linearly towards 0 (ending at
+  # num_train_steps); 0 = constant rates, the paper's. Not in the paper.
+  c.lr_decay_steps = 0
+  c.ema_decay = 0.999  # EMA of generator params.
+  c.contrastive_negatives = 'global'  # 'global' batch or 'local' (2021 code).
+  c.bn_group = 'device'  # G BatchNorm stats: 'device', 'global' or N examples.
+  c.temperature = 0.1  # NCE temperature of sentence/image losses.
+  c.word_gammas = (5.0, 5.0, 50.0)  # DAMSM gamma1..3 of the word loss.
+  # Hard negative captions (not in the paper): classes of interchangeable
+  # one-piece words, e.g. ('circle square triangle', 'top bottom'). Each
+  # caption gets one negative per class with a word of the class swapped;
+  # the sentence and word-region NCE score every image against them too.
+  # () = off; none are drawn while both those terms' weights are 0.
+  c.hard_negative_words = ()
+  c.num_train_steps = 500_000  # G updates.
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Paper defaults (COCO-like); each config file overrides what differs."""
   c = ml_collections.ConfigDict()
@@ -150,28 +175,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.d_downsample = 'avg'  # D's 2x2 pooling: 'avg' (paper), 'max', 'mixed'.
   c.d_downsample_from_step = 0  # G steps before it, D averages.
 
-  # Optimisation.
-  c.batch_size = 256  # Global batch per sub-step (real images per D update).
-  c.d_steps_per_g_step = 2  # D updates per G update (sub-batches per step).
-  c.g_lr = 1e-4  # Generator Adam learning rate.
-  c.d_lr = 4e-4  # Discriminator Adam learning rate.
-  c.adam_b1 = 0.5  # Adam beta1 of both optimizers.
-  c.adam_b2 = 0.999  # Adam beta2 of both optimizers.
-  # Final G steps over which both rates fall linearly towards 0 (ending at
-  # num_train_steps); 0 = constant rates, the paper's. Not in the paper.
-  c.lr_decay_steps = 0
-  c.ema_decay = 0.999  # EMA of generator params.
-  c.contrastive_negatives = 'global'  # 'global' batch or 'local' (2021 code).
-  c.bn_group = 'device'  # G BatchNorm stats: 'device', 'global' or int examples.
-  c.temperature = 0.1  # NCE temperature of sentence/image losses.
-  c.word_gammas = (5.0, 5.0, 50.0)  # DAMSM gamma1..3 of the word loss.
-  # Hard negative captions (not in the paper): classes of interchangeable
-  # one-piece words, e.g. ('circle square triangle', 'top bottom'). Each
-  # caption gets one negative per class with a word of the class swapped;
-  # the sentence and word-region NCE score every image against them too.
-  # () = off; none are drawn while both those terms' weights are 0.
-  c.hard_negative_words = ()
-  c.num_train_steps = 500_000  # G updates.
+  _add_optimisation_fields(c)
 
   c.loss_weights = _loss_weights()
   c.image_encoder = _image_encoder()
@@ -306,6 +310,27 @@ def _check_eval_fields(config: ml_collections.ConfigDict) -> None:
     bad('prdc_features', config.prdc_features, f'choose from {PRDC_FEATURES}.')
 
 
+def _check_model_and_optimiser_options(config: ml_collections.ConfigDict
+                                       ) -> None:
+  """validate's checks of the model's and the optimiser's option fields."""
+  bad = _bad
+  if config.g_cond_upsample not in ('nearest', 'bilinear'):
+    bad('g_cond_upsample', config.g_cond_upsample,
+        "use 'nearest' or 'bilinear'.")
+  if config.get('d_downsample', 'avg') not in ('avg', 'max', 'mixed'):
+    bad('d_downsample', config.d_downsample, "use 'avg', 'max' or 'mixed'.")
+  if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
+    bad('text_pooling', config.text_pooling,
+        "use 'mean', 'pooler' or 'release_sum'.")
+  if not 0 <= config.get('lr_decay_steps', 0) <= config.num_train_steps:
+    bad('lr_decay_steps', config.lr_decay_steps,
+        f'use 0 (constant rates) to num_train_steps '
+        f'({config.num_train_steps}).')
+  if config.get('d_downsample_from_step', 0) < 0:
+    bad('d_downsample_from_step', config.d_downsample_from_step,
+        'use 0 (from the start) or a G step.')
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None) -> None:
   """Raises ValueError naming the first bad field of `config`.
@@ -334,21 +359,7 @@ def validate(config: ml_collections.ConfigDict,
     bad('dtype', config.dtype, "use 'float32' or 'bfloat16'.")
   _check_eval_fields(config)
   check_contrastive_negatives(config.contrastive_negatives)
-  if config.g_cond_upsample not in ('nearest', 'bilinear'):
-    bad('g_cond_upsample', config.g_cond_upsample,
-        "use 'nearest' or 'bilinear'.")
-  if config.get('d_downsample', 'avg') not in ('avg', 'max', 'mixed'):
-    bad('d_downsample', config.d_downsample, "use 'avg', 'max' or 'mixed'.")
-  if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
-    bad('text_pooling', config.text_pooling,
-        "use 'mean', 'pooler' or 'release_sum'.")
-  if not 0 <= config.get('lr_decay_steps', 0) <= config.num_train_steps:
-    bad('lr_decay_steps', config.lr_decay_steps,
-        f'use 0 (constant rates) to num_train_steps '
-        f'({config.num_train_steps}).')
-  if config.get('d_downsample_from_step', 0) < 0:
-    bad('d_downsample_from_step', config.d_downsample_from_step,
-        'use 0 (from the start) or a G step.')
+  _check_model_and_optimiser_options(config)
   for field in ('batch_size', 'd_steps_per_g_step', 'num_train_steps',
                 'log_every_steps', 'checkpoint_every_steps',
                 'keep_checkpoints', 'sample_every_steps', 'g_width',
