@@ -90,8 +90,9 @@ def sentence_scores(discriminator, variables, images: np.ndarray,
     (true (N,), swapped (N, K)) float32 cosines.
   """
   parts = [jax.device_get(_scores(
-      discriminator, variables, images[i:i + batch].astype(np.float32) / 255.0, sentence[i:i + batch],
-      swapped[i:i + batch])) for i in range(0, len(images), batch)]
+      discriminator, variables, images[i:i + batch].astype(np.float32) / 255.0,
+      sentence[i:i + batch], swapped[i:i + batch]))
+           for i in range(0, len(images), batch)]
   return (np.concatenate([p[0] for p in parts]),
           np.concatenate([p[1] for p in parts]))
 

@@ -343,7 +343,7 @@ def test_d_attributes_scores_follow_the_weights_they_are_given():
   from benchmarks import d_attributes  # pylint: disable=g-import-not-at-top
   from xmcgan_jax import models  # pylint: disable=g-import-not-at-top
   c = common.load_config('configs/tiny.py')
-  c.d_width = 2  # 64 px, as configs/tiny.py.
+  c.d_width = 2  # A smaller D than tiny's (its images stay 64 px).
   _, discriminator = models.build_models(c, 8)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
