@@ -23,7 +23,10 @@ command before a default moves: batches are drawn by NumPy (uniform epochs,
 one of the five captions at random, the mirror pairs of the pipeline), not in
 tf.data's order; the text features travel as float16 (relative rounding
 about 5e-4); the eval noise is drawn once per run (the eval job draws it per
-batch). Needs a config whose captions form a closed set (one object).
+batch). As in a real run: the hard negative captions (exported with the
+captions: every swap has a table row) and D's pooling switch
+(d_downsample_from_step). Needs a config whose captions form a closed set
+(one object).
 """
 
 import argparse
@@ -48,6 +51,7 @@ from xmcgan_jax.eval import shapes_oracle
 from xmcgan_jax.sampling import generate
 from xmcgan_jax.sampling import visualize
 from xmcgan_jax.text import feature_table
+from xmcgan_jax.text import hard_negatives
 from xmcgan_jax.training import builders
 from xmcgan_jax.training import train_step as train_step_lib
 
@@ -80,7 +84,20 @@ def export(config, out: str) -> None:
   text = train.load_text_encoder(config)
   tokenizer = tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case)
   ids, mask = tokenizer.tokenize_numpy(names, config.max_tokens)
-  table = feature_table.build(text.features_fn(), text.params, ids, mask)
+  # The hard negatives the step makes of these captions need table rows too.
+  word_classes = train.hard_negative_classes(config, tokenizer)
+  table_ids, table_mask = ids, mask
+  if word_classes:
+    swapped_ids, swapped_mask = hard_negatives.all_swaps(ids, mask,
+                                                         word_classes)
+    table_ids = np.concatenate([ids, swapped_ids])
+    table_mask = np.concatenate([mask, swapped_mask])
+  table = feature_table.build(text.features_fn(), text.params, table_ids,
+                              table_mask)
+  class_ids = np.full((len(word_classes),
+                       max(map(len, word_classes), default=0)), -1, np.int32)
+  for row, members in zip(class_ids, word_classes):
+    row[:len(members)] = members
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.savez_compressed(
       out, captions=np.array(names), token_ids=ids.astype(np.int32),
@@ -89,7 +106,10 @@ def export(config, out: str) -> None:
       table_token_ids=table.token_ids, table_words=table.words.astype(
           np.float16), table_sentence=table.sentence.astype(np.float16),
       text_encoder=np.array(config.text_encoder),
-      max_tokens=np.array(config.max_tokens))
+      max_tokens=np.array(config.max_tokens),
+      hard_negative_words=np.array(
+          list(config.hard_negative_words) if word_classes else [], str),
+      word_class_ids=class_ids)
   print(f'{len(names)} captions, {len(table.token_ids)} token rows -> {out} '
         f'({os.path.getsize(out) / 2**20:.1f} MiB)')
 
@@ -111,6 +131,26 @@ class _Captions:
     self.table = {'token_ids': data['table_token_ids'],
                   'words': data['table_words'].astype(np.float32),
                   'sentence': data['table_sentence'].astype(np.float32)}
+    self.hard_negative_words = tuple(str(w) for w in
+                                     data['hard_negative_words'])
+    self.word_classes = tuple(tuple(int(i) for i in row if i >= 0)
+                              for row in data['word_class_ids'])
+    self._path = path
+
+  def word_classes_for(self, config) -> hard_negatives.WordClasses:
+    """The hard negative classes a variant's step uses (as the trainer's
+    hard_negative_classes): the exported ones, or none."""
+    if not (config.loss_weights.sentence or config.loss_weights.word_region):
+      return ()
+    words = tuple(config.hard_negative_words)
+    if not words:
+      return ()
+    if words == self.hard_negative_words:
+      return self.word_classes
+    raise ValueError(
+        f'{self._path} was exported for hard_negative_words='
+        f'{self.hard_negative_words}; the variant has {words}: export with '
+        'them (table rows of every swap).')
 
   def rows(self, captions: Sequence[str]) -> np.ndarray:
     missing = [c for c in captions if c not in self.index]
@@ -233,10 +273,12 @@ def run_one(config, data: str, oracle_path: str, images_path: str,
   generator, discriminator = models.build_models(
       config, captions.table['words'].shape[-1])
   g_tx, d_tx = builders.build_optimizers(config)
-  step_fn = train_step_lib.make_train_step(
-      generator, discriminator, g_tx, d_tx, mesh,
-      builders.build_step_config(config),
-      text_encoder=feature_table.lookup_fn())
+  step_config = builders.build_step_config(config,
+                                           captions.word_classes_for(config))
+  steps = builders.build_step_schedule(
+      config, discriminator, lambda d: train_step_lib.make_train_step(
+          generator, d, g_tx, d_tx, mesh, step_config,
+          text_encoder=feature_table.lookup_fn()))
   frozen = {'text_encoder': parallel.replicate(captions.table, mesh)}
   state = train_step_lib.create_train_state(
       jax.random.PRNGKey(config.seed), generator, discriminator, g_tx, d_tx,
@@ -250,8 +292,8 @@ def run_one(config, data: str, oracle_path: str, images_path: str,
   for target in sorted(eval_at):
     start = time.perf_counter()
     while step < target:
-      state, metrics = step_fn(state, parallel.shard_batch(next(batches),
-                                                           mesh), frozen)
+      state, metrics = steps.at(step)(
+          state, parallel.shard_batch(next(batches), mesh), frozen)
       step += 1
     loss = float(metrics['d_loss'])  # Waits for the last step.
     train_s += time.perf_counter() - start

@@ -210,6 +210,7 @@ def _sweep_config(train_size=16, eval_size=8):
   config.shapes_train_size, config.shapes_eval_size = train_size, eval_size
   config.shapes_grid, config.shapes_max_objects = 2, 1
   config.mirror_pairs, config.max_tokens = True, 16
+  config.hard_negative_words = ('circle square triangle', 'left right')
   return config
 
 
@@ -246,6 +247,39 @@ def test_shapes_sweep_draws_mirror_pairs_as_the_pipeline(tmp_path):
   assert len(firsts) == 8
 
 
+def test_shapes_sweep_exports_the_hard_negatives_of_the_trainer(tmp_path):
+  """The export holds the trainer's word classes and a table row for every
+  hard negative the step can make; a variant gets them, or none, or a clear
+  error when it names other classes."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import shapes_sweep  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.text import feature_table  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.text import hard_negatives  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.text import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = _sweep_config()
+  path = str(tmp_path / 'captions.npz')
+  shapes_sweep.export(config, path)
+  captions = shapes_sweep._Captions(path, config)
+  text = train.load_text_encoder(config)
+  expected = train.hard_negative_classes(
+      config, tokenizer_lib.Tokenizer(text.vocab_path, text.lower_case))
+  assert captions.word_classes == expected and len(expected) == 2
+  swapped_ids, swapped_mask = hard_negatives.all_swaps(
+      captions.ids, captions.mask, expected)
+  assert len(swapped_ids) > len(captions.ids)
+  table = feature_table.FeatureTable(**captions.table)
+  table.check(swapped_ids, swapped_mask)  # Raises on a missing row.
+  assert captions.word_classes_for(config) == expected
+  config.hard_negative_words = ()
+  assert captions.word_classes_for(config) == ()
+  config.hard_negative_words = ('small large',)
+  with pytest.raises(ValueError, match='hard_negative_words'):
+    captions.word_classes_for(config)
+  config.loss_weights.sentence = config.loss_weights.word_region = 0.0
+  assert captions.word_classes_for(config) == ()
+
+
 @pytest.mark.slow
 def test_shapes_sweep_runs_without_tensorflow(tmp_path):
   """`shapes_sweep run` trains and scores a variant (its own steps=) with
@@ -269,7 +303,8 @@ def test_shapes_sweep_runs_without_tensorflow(tmp_path):
   result = _run([sys.executable, '-m', 'benchmarks.shapes_sweep', 'run',
                  f'--config={config}', f'--data={data}', f'--out={out}',
                  '--steps=5', '--eval_at=1', '--eval_count=16',
-                 '--variant', 'nostem:g_stem_text=false,steps=2'], env, 900)
+                 '--variant', 'nostem:g_stem_text=false,steps=2,'
+                 'd_downsample=max,d_downsample_from_step=1'], env, 900)
   with open(out / 'results.jsonl') as f:
     rows = [json.loads(line) for line in f]
   assert [(r['variant'], r['step']) for r in rows] == [

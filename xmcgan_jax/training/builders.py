@@ -4,7 +4,8 @@ Kept free of TensorFlow so the train step can be built on machines that only
 have JAX (benchmarks on GPU images, sampling).
 """
 
-from typing import Tuple
+import dataclasses
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +79,43 @@ def build_step_config(config, hard_negative_classes: Tuple[Tuple[int, ...],
       d_steps_per_g_step=config.d_steps_per_g_step, bn_group=config.bn_group,
       ema_decay=config.ema_decay, loss=loss,
       hard_negative_classes=hard_negative_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+  """The train step that makes each G step.
+
+  With config.d_downsample_from_step, D averages (the paper's pooling) for
+  the first `early_steps` G steps and then pools as config.d_downsample
+  says: two compiled steps over the same parameters.
+  """
+  step_fn: Callable[..., Any]
+  early_step_fn: Optional[Callable[..., Any]] = None
+  early_steps: int = 0
+
+  def at(self, step: int) -> Callable[..., Any]:
+    """The step function that makes G step `step` + 1."""
+    return self.early_step_fn if step < self.early_steps else self.step_fn
+
+
+def build_step_schedule(config, discriminator,
+                        make_step: Callable[[Any], Callable[..., Any]]
+                        ) -> StepSchedule:
+  """The StepSchedule of a config.
+
+  Args:
+    config: the run's config (d_downsample, d_downsample_from_step).
+    discriminator: the config's discriminator module.
+    make_step: discriminator module -> its train step (jitted; XLA compiles
+      the early one only if it runs, so a resumed run past the switch pays
+      for one step).
+
+  Returns:
+    The schedule; one step function when D never switches its pooling.
+  """
+  from_step = config.get('d_downsample_from_step', 0)
+  step_fn = make_step(discriminator)
+  if not from_step or discriminator.downsample == 'avg':
+    return StepSchedule(step_fn)
+  return StepSchedule(step_fn, make_step(discriminator.clone(downsample='avg')),
+                      from_step)

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -139,21 +139,13 @@ class TrainingRun:
   data: pipeline.InputPipeline
   text: text_encoder_lib.TextEncoder
   generator: Any
-  step_fn: Callable[..., Any]
+  steps: builders.StepSchedule
   frozen: Dict[str, Any]
   state: train_step_lib.TrainState
   checkpointer: run_dir.Checkpointer
   position: int  # This process's position in its data order.
   # With config.text_feature_table: the captions' features the step looks up.
   table: Optional[feature_table.FeatureTable] = None
-  # The step of the first `early_steps` G steps (config.
-  # d_downsample_from_step: D averages there), or None.
-  early_step_fn: Optional[Callable[..., Any]] = None
-  early_steps: int = 0
-
-  def step_fn_at(self, step: int) -> Callable[..., Any]:
-    """The step function that makes G step `step` + 1."""
-    return self.early_step_fn if step < self.early_steps else self.step_fn
 
 
 def setup(config, workdir: str) -> TrainingRun:
@@ -197,13 +189,7 @@ def setup(config, workdir: str) -> TrainingRun:
       generator, d, g_tx, d_tx, mesh,
       builders.build_step_config(config, word_classes), text_encoder=text_fn,
       image_encoder=image_encoder.features_fn() if image_encoder else None)
-  step_fn = make_step(discriminator)
-  early_step_fn, early_steps = None, 0
-  if (config.get('d_downsample_from_step', 0) and
-      discriminator.downsample != 'avg'):
-    # The same parameters; only the pooling differs (compiled when used).
-    early_step_fn = make_step(discriminator.clone(downsample='avg'))
-    early_steps = config.d_downsample_from_step
+  steps = builders.build_step_schedule(config, discriminator, make_step)
   frozen = {'text_encoder': parallel.replicate(text_params, mesh)}
   if image_encoder is not None:
     frozen['image_encoder'] = parallel.replicate(image_encoder.params, mesh)
@@ -214,9 +200,8 @@ def setup(config, workdir: str) -> TrainingRun:
       os.path.join(workdir, run_dir.CHECKPOINT_DIR),
       keep=config.keep_checkpoints)
   state, position = _restore(checkpointer, state, workdir)
-  return TrainingRun(config, workdir, mesh, data, text, generator, step_fn,
-                     frozen, state, checkpointer, position, table,
-                     early_step_fn, early_steps)
+  return TrainingRun(config, workdir, mesh, data, text, generator, steps,
+                     frozen, state, checkpointer, position, table)
 
 
 def hard_negative_classes(config, tokenizer: tokenizer_lib.Tokenizer
@@ -403,7 +388,7 @@ def train(config, workdir: str) -> train_step_lib.TrainState:
       position = int(batch.pop('next_position'))
       if run.table is not None:
         run.table.check(batch['token_ids'], batch['token_mask'])
-      state, metrics = run.step_fn_at(step)(
+      state, metrics = run.steps.at(step)(
           state, parallel.shard_batch(batch, run.mesh), run.frozen)
       step += 1
       checkpointer.check()  # Stops at once if a background save failed.
