@@ -380,6 +380,11 @@ def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel, pool_op):
                 x, True)
 
 
+def test_config_names_the_pool_ops_of_the_layers():
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  assert config_base.D_DOWNSAMPLES == layers.POOL_OPS
+
+
 def test_max_downsample_keeps_the_parameters_and_changes_the_pooling():
   """Discriminator(downsample='max' or 'mixed'): the same parameter tree
   (checkpoints and the parameter count unchanged), other functions of the

@@ -25,6 +25,8 @@ EVAL_CAPTIONS = ('first', 'random')
 EVAL_REAL_RESIZES = ('bilinear', 'center_crop_lanczos')
 # eval/protocols.py's names (a test checks that they agree).
 EVAL_PROTOCOLS = ('ours', 'release_2021', 'clean_fid_coco30k')
+# models/layers.POOL_OPS (a test checks that they agree).
+D_DOWNSAMPLES = ('avg', 'max', 'mixed')
 
 
 def _loss_weights() -> ml_collections.ConfigDict:
@@ -317,8 +319,8 @@ def _check_model_and_optimiser_options(config: ml_collections.ConfigDict
   if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,
         "use 'nearest' or 'bilinear'.")
-  if config.get('d_downsample', 'avg') not in ('avg', 'max', 'mixed'):
-    bad('d_downsample', config.d_downsample, "use 'avg', 'max' or 'mixed'.")
+  if config.get('d_downsample', 'avg') not in D_DOWNSAMPLES:
+    bad('d_downsample', config.d_downsample, f'use one of {D_DOWNSAMPLES}.')
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):
     bad('text_pooling', config.text_pooling,
         "use 'mean', 'pooler' or 'release_sum'.")
