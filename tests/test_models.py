@@ -91,6 +91,42 @@ def test_stem_sees_the_caption_only_with_stem_text():
     assert changed == stem_text
 
 
+@pytest.mark.parametrize('resolution', [8, 16, 32])
+def test_attention_resolution_sets_where_words_enter(resolution):
+  """The attention runs on the grid it is given; the blocks before it are
+  modulated by the vector [sentence, z], those after it by the local map
+  [words' context, sentence, z] (paper: 16, after two global blocks)."""
+  z, s, w, m = _text(2)
+  g = Generator(image_size=64, base_width=2, z_dim=Z, text_dim=E,
+                max_tokens=T, attention_resolution=resolution)
+  g_vars = jax.jit(g.init)(jax.random.key(0), z, s, w, m)
+  local = resolution.bit_length() - 3  # The first locally modulated block.
+  for i in range(4):
+    fan_in = g_vars['params'][f'block{i}']['cbn1']['gamma']['kernel'].shape[0]
+    assert fan_in == (2 * Z if i < local else E + 2 * Z), (i, fan_in)
+
+  @jax.jit
+  def context_of(words):
+    _, state = g.apply(
+        g_vars, z, s, words, m, train=False,
+        capture_intermediates=lambda mdl, _: mdl.name == 'attention')
+    return state['intermediates']['attention']['__call__'][0]
+
+  context = context_of(w)
+  assert context.shape == (2, resolution, resolution, E)
+  assert not np.allclose(context, context_of(w[::-1].copy()))
+
+
+def test_bad_attention_resolution_is_named():
+  z, s, w, m = _text(1)
+  with pytest.raises(ValueError, match='attention_resolution=64'):
+    Generator(image_size=64, base_width=2, z_dim=Z, text_dim=E, max_tokens=T,
+              attention_resolution=64).init(jax.random.key(0), z, s, w, m)
+  from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
+  from xmcgan_jax.models import generator  # pylint: disable=g-import-not-at-top
+  assert config_base.G_ATTENTION_RESOLUTIONS == generator.ATTENTION_RESOLUTIONS
+
+
 def test_local_cbn_rewrite_equals_naive_full_resolution():
   """gamma/beta at 16x16 then upsampled == 1x1 convs of the upsampled map."""
   rng = np.random.default_rng(0)

@@ -226,6 +226,7 @@ def test_ln_coco_without_image_encoder_needs_its_weight_at_zero(
     ('shapes_grid', 4, 'shapes_grid=4.*2x2'),
     ('shapes_max_objects', 0, r'shapes_max_objects=0.*\[1, 9\]'),
     ('lr_decay_steps', 10**9, 'lr_decay_steps=.*num_train_steps'),
+    ('g_attention_resolution', 64, 'g_attention_resolution=64.*below'),
 ])
 def test_bad_config_fields_are_named(data_dir, field, value, message):
   config = _tiny(data_dir)

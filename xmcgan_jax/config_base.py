@@ -27,6 +27,8 @@ EVAL_REAL_RESIZES = ('bilinear', 'center_crop_lanczos')
 EVAL_PROTOCOLS = ('ours', 'release_2021', 'clean_fid_coco30k')
 # models/layers.POOL_OPS (a test checks that they agree).
 D_DOWNSAMPLES = ('avg', 'max', 'mixed')
+# models/generator.ATTENTION_RESOLUTIONS (a test checks that they agree).
+G_ATTENTION_RESOLUTIONS = (8, 16, 32)
 
 
 def _loss_weights() -> ml_collections.ConfigDict:
@@ -174,6 +176,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.g_stem_text = False  # G's stem sees [sentence, z], not z alone (paper).
   # Local CBN's 16x16 map at 32px and up: 'nearest' (paper) or 'bilinear'.
   c.g_cond_upsample = 'nearest'
+  # G's word-region attention grid: 16 (paper), 8 or 32 (a study option).
+  c.g_attention_resolution = 16
   c.d_downsample = 'avg'  # D's 2x2 pooling: 'avg' (paper), 'max', 'mixed'.
   c.d_downsample_from_step = 0  # G steps before it, D averages.
 
@@ -319,6 +323,12 @@ def _check_model_and_optimiser_options(config: ml_collections.ConfigDict
   if config.g_cond_upsample not in ('nearest', 'bilinear'):
     bad('g_cond_upsample', config.g_cond_upsample,
         "use 'nearest' or 'bilinear'.")
+  resolution = config.get('g_attention_resolution', 16)
+  if (resolution not in G_ATTENTION_RESOLUTIONS or
+      resolution >= config.image_size):
+    bad('g_attention_resolution', resolution,
+        f'use one of {G_ATTENTION_RESOLUTIONS} below image_size '
+        f'({config.image_size}).')
   if config.get('d_downsample', 'avg') not in D_DOWNSAMPLES:
     bad('d_downsample', config.d_downsample, f'use one of {D_DOWNSAMPLES}.')
   if config.text_pooling not in ('mean', 'pooler', 'release_sum'):

@@ -29,7 +29,8 @@ def build_models(config, text_dim: int) -> Tuple[Generator, Discriminator]:
       attention_gamma=config.attention_gamma, dtype=dtype,
       remat=config.remat, out_padded_channels=config.g_out_padded_channels,
       stem_text=config.g_stem_text,
-      cond_upsample=config.g_cond_upsample)
+      cond_upsample=config.g_cond_upsample,
+      attention_resolution=config.get('g_attention_resolution', 16))
   discriminator = Discriminator(
       image_size=config.image_size, base_width=config.d_width,
       text_dim=text_dim, dtype=dtype, remat=config.remat,

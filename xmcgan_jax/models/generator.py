@@ -1,4 +1,5 @@
-"""XMC-GAN generator: BigGAN-style up-blocks, word-region attention at 16x16.
+"""XMC-GAN generator: BigGAN-style up-blocks, word-region attention at 16x16
+(the paper's; `attention_resolution` moves it for studies).
 
 Images come out in [0, 1] (float32). Where this departs from the paper or
 the 2021 release, docs/fidelity.md says so.
@@ -21,6 +22,8 @@ _SPATIAL_CHANNELS = {64: (2, 1), 128: (4, 2, 1), 256: (8, 4, 2, 1)}
 # The stem (4x4) and the two self-modulated blocks (to 8x8 and 16x16).
 _STEM_CHANNELS = 16
 _GLOBAL_BLOCK_CHANNELS = (16, 8)
+# Grids the word-region attention can run at (the paper: 16).
+ATTENTION_RESOLUTIONS = (8, 16, 32)
 
 
 def generator_channels(image_size: int) -> Sequence[int]:
@@ -103,7 +106,8 @@ class GenBlock(nn.Module):
   "up x2 -> conv3x3" is one sub-pixel conv at the input resolution (UpConv);
   shortcut: conv1x1 -> up x2 (a 1x1 conv commutes with nearest upsampling, so
   it runs at the input resolution: 4x fewer FLOPs, same result).
-  `cond` is a vector (B, D) for CBN or a 16x16 map (B, 16, 16, D) for local CBN.
+  `cond` is a vector (B, D) for CBN or a map (B, r, r, D) for local CBN (r =
+  the attention's grid, 16 in the paper).
   """
   features: int
   dtype: Dtype = jnp.float32
@@ -126,7 +130,7 @@ class GenBlock(nn.Module):
 
 
 class WordRegionAttention(nn.Module):
-  """Each 16x16 position attends over the caption's words (cosine, softmax).
+  """Each position of h attends over the caption's words (cosine, softmax).
 
   Returns the context map (B, h, w, E): convex mixes of unit word vectors.
   """
@@ -178,6 +182,11 @@ class Generator(nn.Module):
       deviation from the paper; see `__call__`).
     cond_upsample: 'nearest' (paper) or 'bilinear': how the local CBN's
       16x16 modulation reaches 32x32 and up (layers.ConditionalBatchNorm).
+    attention_resolution: the grid of the word-region attention, one of
+      ATTENTION_RESOLUTIONS below image_size (paper: 16). The blocks before
+      it are self-modulated by [sentence, z], those after it by the local
+      condition map; so 8 moves one block from the first kind to the second
+      and 32 one the other way (a study option, docs/fidelity.md).
   """
   image_size: int = 128
   base_width: int = 96
@@ -192,6 +201,7 @@ class Generator(nn.Module):
   out_padded_channels: int = 16
   stem_text: bool = False
   cond_upsample: str = 'nearest'
+  attention_resolution: int = 16
 
   @nn.compact
   def __call__(self, z: jax.Array, sentence_emb: jax.Array, word_emb: jax.Array,
@@ -208,7 +218,14 @@ class Generator(nn.Module):
     Returns:
       (B, image_size, image_size, 3) float32 images in [0, 1].
     """
-    spatial_channels = generator_channels(self.image_size)
+    channels = tuple(_GLOBAL_BLOCK_CHANNELS) + tuple(
+        generator_channels(self.image_size))
+    res = self.attention_resolution
+    if res not in ATTENTION_RESOLUTIONS or res >= self.image_size:
+      raise ValueError(f'attention_resolution={res}: use one of '
+                       f'{ATTENTION_RESOLUTIONS} below image_size '
+                       f'{self.image_size}.')
+    num_global = res.bit_length() - 3  # Blocks from 4x4 up to res x res.
     b = z.shape[0]
     expected = {'z': (b, self.z_dim), 'sentence_emb': (b, self.text_dim),
                 'word_emb': (b, self.max_tokens, self.text_dim),
@@ -242,17 +259,17 @@ class Generator(nn.Module):
     h = nn.Dense(4 * 4 * _STEM_CHANNELS * gf, kernel_init=layers.kernel_init,
                  dtype=self.dtype, name='stem')(g if self.stem_text else z)
     h = h.reshape(b, 4, 4, _STEM_CHANNELS * gf)
-    for i, c in enumerate(_GLOBAL_BLOCK_CHANNELS):
+    for i, c in enumerate(channels[:num_global]):
       h = block(c, f'block{i}')(h, g, train)
 
     context = WordRegionAttention(self.text_dim, self.attention_gamma,
                                   dtype=self.dtype, name='attention')(
                                       h, word_emb, word_mask)
-    g_map = jnp.broadcast_to(g[:, None, None, :], (b, 16, 16, g.shape[-1]))
+    g_map = jnp.broadcast_to(g[:, None, None, :], (b, res, res, g.shape[-1]))
     cond_map = jnp.concatenate([context, g_map.astype(self.dtype)], axis=-1)
 
-    for i, c in enumerate(spatial_channels):
-      h = block(c, f'block{i + len(_GLOBAL_BLOCK_CHANNELS)}')(h, cond_map, train)
+    for i, c in enumerate(channels[num_global:], start=num_global):
+      h = block(c, f'block{i}')(h, cond_map, train)
 
     h = layers.ConditionalBatchNorm(
         h.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name,
