@@ -160,6 +160,33 @@ def test_word_region_loss_adds_hard_negatives_to_the_image_rows():
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+def test_word_region_hard_negatives_gradient_equals_per_image_scores():
+  """The batched hard-negative scores (one einsum over each image's own
+  captions) give the gradient of scoring each image alone."""
+  rng = np.random.default_rng(2)
+  regions = jnp.asarray(rng.normal(size=(4, 6, 5)), jnp.float32)
+  words = jnp.asarray(rng.normal(size=(4, 7, 5)), jnp.float32)
+  mask = jnp.asarray(np.arange(7)[None] < np.array([[3], [7], [2], [5]]))
+  hard_words = jnp.asarray(rng.normal(size=(4, 3, 7, 5)), jnp.float32)
+  hard_mask = jnp.repeat(mask[:, None], 3, 1)
+  valid = jnp.asarray(rng.random((4, 3)) > 0.3)
+
+  def per_image(r):
+    s = 50.0 * losses.word_region_scores(r, words, mask)
+    extra = 50.0 * jnp.stack([losses.word_region_scores(
+        r[i:i + 1], hard_words[i], hard_mask[i])[0] for i in range(4)])
+    rows = jnp.concatenate([s, jnp.where(valid, extra, -1e9)], axis=1)
+    ce = lambda logits, i: jax.nn.logsumexp(logits) - logits[i]
+    return (jnp.mean(jnp.stack([ce(rows[i], i) for i in range(4)]))
+            + jnp.mean(jnp.stack([ce(s[:, i], i) for i in range(4)])))
+
+  got = jax.grad(lambda r: losses.word_region_loss(
+      r, words, mask, hard_words=hard_words, hard_mask=hard_mask,
+      hard_valid=valid))(regions)
+  np.testing.assert_allclose(got, jax.grad(per_image)(regions), rtol=1e-4,
+                             atol=1e-6)
+
+
 def test_discriminator_projects_hard_negatives_as_captions():
   d = Discriminator(image_size=64, base_width=4, text_dim=16)
   rng = np.random.default_rng(0)

@@ -416,6 +416,22 @@ def test_pooled_spectral_conv_equals_conv_then_pool(size, kernel, pool_op):
                 x, True)
 
 
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_max_pool2_equals_reduce_window_max_with_ties(seed):
+  """layers.max_pool2: the value and the gradient of nn.max_pool (XLA's
+  reduce-window max), exactly, on inputs with many tied maxima (each
+  window's gradient goes to its first maximum, row-major)."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.integers(0, 2, (3, 8, 6, 4)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(3, 4, 3, 4)), jnp.float32)
+  want, want_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2)), x)
+  got, got_vjp = jax.vjp(layers.max_pool2, x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_vjp(cotangent)[0], want_vjp(cotangent)[0])
+  # And on ties the gradient is not split: one entry per window.
+  assert int(jnp.sum(got_vjp(jnp.ones_like(got))[0] != 0)) == got.size
+
+
 def test_config_names_the_pool_ops_of_the_layers():
   from xmcgan_jax import config_base  # pylint: disable=g-import-not-at-top
   assert config_base.D_DOWNSAMPLES == layers.POOL_OPS

@@ -13,7 +13,6 @@ does, equals the gradient of the global-batch loss: the same convention as a
 per-device mean loss such as `hinge_d`.
 """
 
-import functools
 from typing import Optional, Tuple, Union
 
 import jax
@@ -150,13 +149,38 @@ def word_region_scores(regions: jax.Array, words: jax.Array,
   Returns:
     (n_img, n_cap) float32 scores.
   """
-  r_hat = l2_normalize(_f32(regions))
-  w_hat = l2_normalize(_f32(words))
-  cos_rw = jnp.einsum('ire,jte->ijtr', r_hat, w_hat)
+  return _damsm_scores(l2_normalize(_f32(regions)),
+                       l2_normalize(_f32(words)), word_mask, gamma1, gamma2,
+                       own_captions=False)
+
+
+def _damsm_scores(r_hat: jax.Array, w_hat: jax.Array, word_mask: jax.Array,
+                  gamma1: float, gamma2: float, own_captions: bool
+                  ) -> jax.Array:
+  """word_region_scores of l2-normalised features.
+
+  Args:
+    r_hat: (n, R, E) unit region features.
+    w_hat: unit word features: (m, T, E), scored against every image, or
+      with own_captions (n, m, T, E), image i against its own m captions.
+    word_mask: (m, T), or with own_captions (n, m, T).
+    gamma1, gamma2: see word_region_scores.
+    own_captions: which of the two layouts w_hat has.
+
+  Returns:
+    (n, m) float32 scores.
+  """
+  cos_rw = jnp.einsum('ire,ijte->ijtr' if own_captions else 'ire,jte->ijtr',
+                      r_hat, w_hat)
   attn = jax.nn.softmax(gamma1 * cos_rw, axis=-1)  # Over regions.
   context = jnp.einsum('ijtr,ire->ijte', attn, r_hat)
-  cos_wc = jnp.sum(l2_normalize(context) * w_hat[None], axis=-1)  # (i, j, t)
-  logits = jnp.where(word_mask[None], gamma2 * cos_wc, -jnp.inf)
+  # cos(w_t, c_t) = (c_t . w_t) / |c_t| with c_t . w_t = sum_r attn * cos_rw:
+  # equal to l2_normalize(context) . w_hat (its eps included) without a
+  # product over the words broadcast to every image (~10% of the term).
+  norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(context), -1), 1e-12))
+  cos_wc = jnp.sum(attn * cos_rw, axis=-1) * norm  # (i, j, t)
+  mask = word_mask if own_captions else word_mask[None]
+  logits = jnp.where(mask, gamma2 * cos_wc, -jnp.inf)
   return jax.nn.logsumexp(logits, axis=-1) / gamma2
 
 
@@ -187,15 +211,19 @@ def word_region_loss(regions: jax.Array, words: jax.Array,
   Returns:
     The loss (float32 scalar), and the accuracy if `with_accuracy`.
   """
-  all_words = _gather_rows(words, axis_name)
+  r_hat = l2_normalize(_f32(regions))  # Once for both sets of captions.
+  all_words = l2_normalize(_f32(_gather_rows(words, axis_name)))
   all_mask = _gather_rows(word_mask, axis_name)
-  score = functools.partial(word_region_scores, gamma1=gamma1, gamma2=gamma2)
-  scores = gamma3 * score(regions, all_words, all_mask)
+  scores = gamma3 * _damsm_scores(r_hat, all_words, all_mask, gamma1, gamma2,
+                                  own_captions=False)
   extra = None
   if hard_words is not None:
-    # Image i against its own K negatives only: (b, K).
-    extra = gamma3 * jax.vmap(lambda r, w, m: score(r[None], w, m)[0])(
-        regions, hard_words, hard_mask)
+    # Image i against its own K negatives only: (b, K). One batched einsum,
+    # not a vmap of word_region_scores: 1.5x faster for the whole term with
+    # 5 negatives on XLA:CPU (benchmarks/README).
+    extra = gamma3 * _damsm_scores(r_hat, l2_normalize(_f32(hard_words)),
+                                   hard_mask, gamma1, gamma2,
+                                   own_captions=True)
     if hard_valid is not None:
       extra = jnp.where(hard_valid, extra, -1e9)
   loss, accuracy = _symmetric_ce(scores, axis_name, extra)
