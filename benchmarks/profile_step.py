@@ -18,7 +18,14 @@ share of the whole step to show where the time goes.
 """
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
 import statistics
+import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -46,6 +53,63 @@ def _median_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return 1e3 * statistics.median(times)
+
+
+def _source_of(op_name: str) -> str:
+  """'jit(step)/transpose(jvp(Generator))/block2/conv1/...' -> 'bwd
+  Generator/block2'; an einsum keeps its spec; other loss arithmetic and
+  glue (slices, gathers, casts) is one group."""
+  direction = 'bwd' if 'transpose(' in op_name else 'fwd'
+  path = re.sub(r'jit\(\w+\)/|transpose\(|jvp\(|vmap\(|\)', '', op_name)
+  parts = [p for p in path.split('/') if p]
+  if not parts:
+    return f'{direction} (no op_name: layout copies, weight-gradient fusions)'
+  if parts[0] in ('Generator', 'Discriminator'):
+    # A submodule when more follows it, else a primitive of the top level.
+    return f'{direction} {parts[0]}/{parts[1] if len(parts) > 2 else "top"}'
+  if '->' in parts[0]:
+    return f'{direction} einsum {parts[0]}'
+  return f'{direction} other loss arithmetic and glue'
+
+
+def trace_ops(call: Callable[[], object], hlo_text: str, steps: int
+              ) -> List[List[str]]:
+  """Rows (source, ms per step, share) of a profiler trace of `steps` calls.
+
+  Each XLA op executed (a Perfetto trace event named like an instruction of
+  the compiled step) is charged to the op_name metadata XLA kept for it,
+  grouped by _source_of: which G or D block, which einsum, forward or
+  backward.
+  """
+  metadata = {}
+  for m in re.finditer(r'\n\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*', hlo_text):
+    found = re.search(r'op_name="([^"]*)"', m.group(0))
+    metadata.setdefault(m.group(1), found.group(1) if found else '')
+  jax.block_until_ready(call())
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        jax.block_until_ready(call())
+    path, = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'),
+                      recursive=True)
+    with gzip.open(path) as f:
+      events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  groups = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and e.get('name') in metadata:
+      groups[_source_of(metadata[e['name']])] += e['dur']
+  total = sum(groups.values())
+  rows, rest = [], 0
+  for name, us in groups.most_common():
+    if us < total / 100:  # Below 1% each: one row.
+      rest += us
+    else:
+      rows.append([name, f'{us / steps / 1e3:.1f}', f'{100 * us / total:.0f}%'])
+  rows.append(['the rest (each under 1%)', f'{rest / steps / 1e3:.1f}',
+               f'{100 * rest / total:.0f}%'])
+  rows.append(['all XLA ops', f'{total / steps / 1e3:.1f}', '100%'])
+  return rows
 
 
 def _grad_of(fn: Callable[..., jax.Array], argnums=0):
@@ -134,6 +198,10 @@ def main(argv=None) -> None:
                       'g_width=16')
   parser.add_argument('--whole_step_only', action='store_true',
                       help='time only the whole step (study candidates)')
+  parser.add_argument('--trace_ops', action='store_true',
+                      help='instead: the text-feature-table step\'s XLA ops '
+                      'from a profiler trace of --steps steps, summed by '
+                      'source (G/D block, einsum, forward or backward)')
   args = parser.parse_args(argv)
   config = common.load_config(args.config)
   for item in args.set:
@@ -180,6 +248,15 @@ def main(argv=None) -> None:
       return metrics
     return call
 
+  if args.trace_ops:
+    hlo = table_step.jitted.lower(holder['state'], sharded,
+                                  table_frozen).compile().as_text()
+    rows = trace_ops(run(table_step, sharded, table_frozen), hlo, args.steps)
+    print(f'config {args.config} {" ".join(args.set)}: XLA ops of the step '
+          f'(text feature table), {args.steps} steps traced, '
+          f'{jax.device_count()} {jax.default_backend()} device(s)')
+    common.print_table(['source', 'ms per step', 'of the ops\' time'], rows)
+    return
   rows: List[List[str]] = []
   step_ms = _median_ms(run(token_step, sharded), args.steps, args.warmup)
   rows.append(['whole step (token ids in, text encoder inside)',

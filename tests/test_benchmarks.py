@@ -204,6 +204,31 @@ def test_profile_step_times_every_part(tmp_path):
     assert float(row.split('|')[2]) > 0, row
 
 
+def test_profile_step_trace_ops_charges_ops_to_their_source():
+  """--trace_ops: a traced function's XLA ops, grouped by the einsum or
+  module they come from, forward and backward, shares summing to 100%."""
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def loss(a, b):
+    return jnp.sum(jnp.tanh(jnp.einsum('ij,jk->ik', a, b)))
+
+  grad = jax.jit(jax.grad(loss))
+  a, b = jnp.ones((256, 256)) / 256, jnp.ones((256, 256))
+  hlo = grad.lower(a, b).compile().as_text()
+  rows = profile_step.trace_ops(lambda: grad(a, b), hlo, steps=3)
+  sources = [r[0] for r in rows]
+  assert 'fwd einsum ij,jk->ik' in sources, rows
+  assert 'bwd einsum ij,jk->ik' in sources, rows
+  assert rows[-1][0] == 'all XLA ops' and float(rows[-1][1]) > 0
+  assert sum(float(r[2].rstrip('%')) for r in rows[:-1]) == pytest.approx(
+      100, abs=len(rows))  # Each share is rounded.
+  assert profile_step._source_of(  # pylint: disable=protected-access
+      'jit(step)/transpose(jvp(Generator))/block2/conv1/conv_general_dilated'
+  ) == 'bwd Generator/block2'
+
+
 def _sweep_config(train_size=16, eval_size=8):
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   config = common.load_config('tiny')
