@@ -227,10 +227,11 @@ def test_ln_coco_without_image_encoder_needs_its_weight_at_zero(
     ('shapes_max_objects', 0, r'shapes_max_objects=0.*\[1, 9\]'),
     ('lr_decay_steps', 10**9, 'lr_decay_steps=.*num_train_steps'),
     ('g_attention_resolution', 64, 'g_attention_resolution=64.*below'),
+    ('loss_weights.r1', -1.0, 'loss_weights.r1=-1.0.*positive'),
 ])
 def test_bad_config_fields_are_named(data_dir, field, value, message):
   config = _tiny(data_dir)
-  config[field] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
     config_base.validate(config, num_devices=8)
   with pytest.raises(ValueError, match=message):

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fake_data
@@ -186,3 +187,53 @@ def test_lr_decay_scales_adam_over_the_last_steps_and_keeps_its_state():
       scale = min(1.0, (6 - step) / 3)  # 1, 1, 1, 1, 2/3, 1/3.
       np.testing.assert_allclose(up_b['w'], scale * up_a['w'], rtol=1e-6)
       np.testing.assert_allclose(state_b[0].mu['w'], state_a[0].mu['w'])
+
+
+def test_r1_penalty_adds_its_own_gradient_to_ds():
+  """loss_weights.r1 = gamma: the step's D update (plain SGD, rate 1, on 2
+  devices) moves by gamma * the gradient of 0.5 * mean ||dD(x)/dx||^2 over
+  the real images, computed here directly; 'd_r1' is that penalty and
+  d_loss grows by gamma times it."""
+  g, d = _models()
+  g_tx, _ = fake_data.optimizers()
+  sgd = optax.sgd(1.0)
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  batch, frozen = _batch()
+  batch = jax.tree.map(lambda x: x[:1], batch)
+  gamma = 0.5
+  after, metrics = {}, {}
+  for r1 in (0.0, gamma):
+    config = fake_data.step_config(**{'d_steps_per_g_step': 1,
+                                      'loss_weights.r1': r1})
+    step = ts.make_train_step(g, d, g_tx, sgd, mesh, config,
+                              feature_table.lookup_fn())
+    state = ts.create_train_state(jax.random.PRNGKey(0), g, d, g_tx, sgd,
+                                  mesh)
+    before = jax.tree.map(np.asarray, (state.d_params, state.d_state))
+    state, metrics[r1] = step(state, batch, frozen)
+    after[r1] = jax.tree.map(np.asarray, state.d_params)
+  assert 'd_r1' not in metrics[0.0]
+  d_params, d_state = before
+  _, sentence = feature_table.lookup_fn()(
+      frozen['text_encoder'], batch['token_ids'][0], batch['token_mask'][0])
+  images = jnp.asarray(batch['image'][0])
+
+  def penalty(params):
+    def logits(x):
+      out, _ = d.apply({'params': params, 'spectral_norm_stats': d_state}, x,
+                       sentence, train=True, mutable=['spectral_norm_stats'])
+      return jnp.sum(out.logits)
+    grads = jax.grad(logits)(images)
+    return 0.5 * jnp.mean(jnp.sum(grads**2, axis=(1, 2, 3)))
+
+  want, want_grads = jax.value_and_grad(penalty)(d_params)
+  assert float(want) > 0
+  np.testing.assert_allclose(metrics[gamma]['d_r1'], want, rtol=1e-4)
+  np.testing.assert_allclose(
+      metrics[gamma]['d_loss'] - metrics[0.0]['d_loss'], gamma * want,
+      rtol=1e-3)
+  moved = jax.tree.map(lambda a, b: a - b, after[0.0], after[gamma])
+  # A difference of two updated parameter sets: float32 keeps ~3 digits.
+  _assert_close(jax.tree.leaves(moved),
+                [gamma * np.asarray(x) for x in jax.tree.leaves(want_grads)],
+                rtol=2e-3)

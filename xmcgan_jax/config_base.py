@@ -39,6 +39,8 @@ def _loss_weights() -> ml_collections.ConfigDict:
   w.word_region = 1.0  # Word-region NCE.
   w.image_d = 1.0  # Real-fake NCE on D features (G).
   w.image_pretrained = 1.0  # Real-fake NCE on a frozen encoder.
+  # gamma of an R1 penalty on D's real images (not in the paper; 0 = off).
+  w.r1 = 0.0
   return w
 
 
@@ -397,6 +399,9 @@ def validate(config: ml_collections.ConfigDict,
   check_bn_group(config.bn_group,
                  config.batch_size // num_devices if num_devices else None,
                  num_devices)
+  for name, weight in config.loss_weights.items():
+    if weight < 0:
+      bad(f'loss_weights.{name}', weight, 'use 0 (off) or a positive weight.')
   if config.image_encoder.name not in IMAGE_ENCODERS:
     bad('image_encoder.name', config.image_encoder.name,
         f'choose from {IMAGE_ENCODERS}.')

@@ -1,6 +1,6 @@
 """What D and G minimise: every loss term, its weight and its switch.
 
-L_D = adversarial + sentence(real) + word_region(real)
+L_D = adversarial + sentence(real) + word_region(real) [+ r1]
 L_G = adversarial + sentence(fake) + word_region(fake) + image_d
       + image_pretrained
 
@@ -44,12 +44,16 @@ class LossWeights:
   image_d: NCE(v_fake, v_real) of D's pooled features, for G.
   image_pretrained: NCE of a frozen pretrained encoder's features of real and
     fake images, for G; needs an image encoder.
+  r1: gamma of the R1 penalty on D, gamma / 2 * E ||dD(x)/dx||^2 over real
+    images x in [0, 1] (Mescheder et al. 2018; not in the paper, off by
+    default).
   """
   adversarial: float
   sentence: float
   word_region: float
   image_d: float
   image_pretrained: float
+  r1: float = 0.0  # Runs saved before the field have no R1.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +157,29 @@ def d_objective(out, sub: Batch, config: LossConfig
   metrics = _metrics(terms, {'real_logits': jnp.mean(real.logits),
                              'fake_logits': jnp.mean(fake.logits)})
   return _weighted_total(terms, w, 'd_'), metrics
+
+
+def d_r1_objective(real_logits: Callable[[jax.Array], jax.Array],
+                   images: jax.Array, config: LossConfig
+                   ) -> Tuple[jax.Array, Metrics]:
+  """The R1 penalty of D: gamma / 2 * mean over real images of
+  ||dD(x)/dx||^2, a term of L_D kept apart from d_objective because it
+  differentiates D twice (the train step takes its D gradient separately).
+
+  Args:
+    real_logits: D's logits as a function of this device's real images,
+      with their captions and D's parameters bound.
+    images: this device's real images (N, H, W, 3) in [0, 1].
+    config: the objectives' hyperparameters (weights.r1 = gamma).
+
+  Returns:
+    (gamma-weighted penalty of this device's rows, {'d_r1': the penalty
+    without gamma, averaged over the mesh}).
+  """
+  grads = jax.grad(lambda x: jnp.sum(real_logits(x)))(images)
+  penalty = 0.5 * jnp.mean(jnp.sum(jnp.square(grads), axis=(1, 2, 3)))
+  return (config.weights.r1 * penalty,
+          {'d_r1': jax.lax.pmean(penalty, parallel.DATA_AXIS)})
 
 
 def g_objective(out, sub: Batch, fake_images: jax.Array, config: LossConfig,

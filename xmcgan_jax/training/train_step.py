@@ -200,15 +200,38 @@ class Networks:
         mutable=['spectral_norm_stats'])
     return out, new_vars['spectral_norm_stats']
 
+  def real_logits(self, d_params: Params, d_state: Params, sub: Batch
+                  ) -> Callable[[jax.Array], jax.Array]:
+    """images -> D's logits against the sub-batch's captions (the R1 term's
+    function). D runs the same power iteration from d_state as in
+    `discriminate`, so both see one normalised D; its new vectors are
+    dropped (discriminate's are kept)."""
+    def logits(images):
+      out, _ = self.discriminator.apply(
+          {'params': d_params, 'spectral_norm_stats': d_state}, images,
+          sub['sentence_emb'], train=True, mutable=['spectral_norm_stats'])
+      return out.logits
+    return logits
+
 
 # Sub-steps ---------------------------------------------------------------
 
 
-def _apply_d_update(d_tx: optax.GradientTransformation,
-                    d: DiscriminatorState, new_d_state: Params,
-                    d_loss: jax.Array, d_grads: Params, metrics: Metrics
-                    ) -> Tuple[DiscriminatorState, Metrics]:
+def _apply_d_update(nets: Networks, d_tx: optax.GradientTransformation,
+                    config: StepConfig, d: DiscriminatorState, sub: Batch,
+                    new_d_state: Params, d_loss: jax.Array, d_grads: Params,
+                    metrics: Metrics) -> Tuple[DiscriminatorState, Metrics]:
   """Adam on pmean'd D gradients; the sub-step's D metrics."""
+  if config.loss.weights.r1:
+    # A gradient of its own: inside the joint sub-step's vjp, the second
+    # derivative would run again in the pullback for G.
+    (r1_loss, r1_metrics), r1_grads = jax.value_and_grad(
+        lambda p: objectives.d_r1_objective(
+            nets.real_logits(p, d.state, sub), sub['image'], config.loss),
+        has_aux=True)(d.params)
+    d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
+    d_loss = d_loss + r1_loss
+    metrics = dict(metrics, **r1_metrics)
   d_grads = jax.lax.pmean(d_grads, parallel.DATA_AXIS)
   updates, opt_state = d_tx.update(d_grads, d.opt_state, d.params)
   new = DiscriminatorState(optax.apply_updates(d.params, updates),
@@ -235,7 +258,8 @@ def d_only_substep(nets: Networks, d_tx: optax.GradientTransformation,
 
   (d_loss, (metrics, new_d_state)), d_grads = jax.value_and_grad(
       loss_fn, has_aux=True)(d.params)
-  return _apply_d_update(d_tx, d, new_d_state, d_loss, d_grads, metrics)
+  return _apply_d_update(nets, d_tx, config, d, sub, new_d_state, d_loss,
+                         d_grads, metrics)
 
 
 def joint_substep(nets: Networks, g_tx: optax.GradientTransformation,
@@ -261,8 +285,8 @@ def joint_substep(nets: Networks, g_tx: optax.GradientTransformation,
   one, zero = jnp.ones_like(d_loss), jnp.zeros_like(d_loss)
   d_grads = pullback((one, zero))[1]
   g_grads = jax.lax.pmean(pullback((zero, one))[0], parallel.DATA_AXIS)
-  d, d_metrics = _apply_d_update(d_tx, d, new_d_state, d_loss, d_grads,
-                                 d_metrics)
+  d, d_metrics = _apply_d_update(nets, d_tx, config, d, sub, new_d_state,
+                                 d_loss, d_grads, d_metrics)
   updates, g_opt_state = g_tx.update(g_grads, g.opt_state, g.params)
   g = GeneratorState(optax.apply_updates(g.params, updates), new_g_state,
                      g_opt_state)
