@@ -81,7 +81,7 @@ def get_config():
   # object exact is 84.6 +- 12.8% (without: 75.0 +- 19.1%; docs/shapes.md).
   # Costs 6-15% of the step.
   c.loss_weights.r1 = 2.5
-  c.num_train_steps = 4_500  # G updates (about 18 minutes on 2 cores, all in).
+  c.num_train_steps = 4_500  # G updates (15-18 minutes on 2 cores, all in).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
