@@ -221,7 +221,8 @@ def _apply_d_update(nets: Networks, d_tx: optax.GradientTransformation,
                     config: StepConfig, d: DiscriminatorState, sub: Batch,
                     new_d_state: Params, d_loss: jax.Array, d_grads: Params,
                     metrics: Metrics) -> Tuple[DiscriminatorState, Metrics]:
-  """Adam on pmean'd D gradients; the sub-step's D metrics."""
+  """Adam on pmean'd D gradients (with the R1 term's added, if it is on);
+  the sub-step's D metrics."""
   if config.loss.weights.r1:
     # A gradient of its own: inside the joint sub-step's vjp, the second
     # derivative would run again in the pullback for G.
