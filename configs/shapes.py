@@ -77,8 +77,9 @@ def get_config():
   # An R1 penalty on D's real images (gamma / 2 * E||dD/dx||^2; 2.5 on [0, 1]
   # pixels is Mescheder et al.'s 10 on [-1, 1]): it damps the swings of the
   # adversarial game that cost some seeds a position bit: over 5 seeds every
-  # run kept the layout (98.9-99.7% colour in cell; without it 49.9-100%) and
-  # object exact is 84.6 +- 12.8% (without: 75.0 +- 19.1%; docs/shapes.md).
+  # run kept the layout (98.9-99.7% colour in cell) and object exact is
+  # 84.6 +- 12.8%; the same 5 seeds without it: 66.8 +- 25.5%, two of them
+  # with a row lost (49.9% and 50.8% colour in cell; docs/shapes.md).
   # Costs 6-15% of the step.
   c.loss_weights.r1 = 2.5
   c.num_train_steps = 4_500  # G updates (15-18 minutes on 2 cores, all in).
