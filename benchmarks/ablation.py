@@ -99,6 +99,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--seeds', type=int, default=0,
                  help='seeds per variant (0: 3 for full and hinge_only, 1 '
                  'for the others)')
+  p.add_argument('--first_seed', type=int, default=0,
+                 help='skip the seeds below this one (e.g. to add seeds 1-2 '
+                 'to a study whose seed 0 ran elsewhere)')
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                  help='a config override for every run (e.g. '
                  'num_train_steps=2000); repeatable')
@@ -137,7 +140,7 @@ def plan(args: argparse.Namespace) -> List[Tuple[str, int, Dict[str, object]]]:
   runs = []
   names = args.variants.split(',')
   most = max(args.seeds or VARIANTS[n][1] for n in names)
-  for seed in range(most):
+  for seed in range(args.first_seed, most):
     for name in names:
       overrides, seeds = VARIANTS[name]
       if seed < (args.seeds or seeds):

@@ -103,6 +103,21 @@ def test_gpu_script_dry_run(tmp_path):
   assert table.count('| tiny | 64 |') == 1, table
 
 
+def test_ablation_plan_runs_each_seed_once_from_first_seed():
+  """seed 0 of every variant first; --first_seed drops the seeds below it."""
+  args = ablation.parse_args(['--variants=full,hinge_only', '--seeds=3',
+                              '--set', 'num_train_steps=7'])
+  assert [(n, s) for n, s, _ in ablation.plan(args)] == [
+      ('full', 0), ('hinge_only', 0), ('full', 1), ('hinge_only', 1),
+      ('full', 2), ('hinge_only', 2)]
+  args = ablation.parse_args(['--variants=hinge_only', '--seeds=3',
+                              '--first_seed=1'])
+  runs = ablation.plan(args)
+  assert [(n, s) for n, s, _ in runs] == [('hinge_only', 1), ('hinge_only', 2)]
+  assert runs[0][2]['seed'] == 1 and runs[0][2]['data_seed'] == 0
+  assert runs[0][2]['loss_weights.sentence'] == 0.0
+
+
 def test_ablation_help_documents_the_study():
   result = _run([sys.executable, '-m', 'benchmarks.ablation', '--help'],
                 dict(os.environ, PYTHONPATH=ROOT), 120)
