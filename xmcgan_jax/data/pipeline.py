@@ -135,7 +135,11 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str = '') -> None:
 
 
 class SkipCounter:
-  """Thread-safe counts of skipped records, by reason."""
+  """Thread-safe counts of skipped records, by reason.
+
+  They count what the pipeline has read, and training's parallel map and
+  prefetch read ahead of the batches consumed (into the next epoch too).
+  """
 
   def __init__(self):
     self._lock = threading.Lock()
