@@ -86,7 +86,9 @@ def test_ablation_two_variants_end_to_end(tmp_path):
              '--config=configs/tiny.py', f'--workdir={workdir}',
              '--variants=full,hinge_only', '--seeds=1',
              '--set', 'num_train_steps=2', '--set', 'eval_num_samples=16']
-  env = _env(tmp_path)
+  # One compilation cache for the study: the second variant's eval and
+  # sampling load the first's compiled G (its step differs: terms are off).
+  env = _env(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'))
   _run(command, env, 900)
   with open(workdir / 'runs.csv') as f:
     rows = list(csv.DictReader(f))
