@@ -5,9 +5,9 @@ import json
 import os
 import sys
 
-import benchmark_process
 import pytest
 
+import benchmark_process
 from benchmarks import ablation
 
 ROOT = benchmark_process.ROOT

@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
-import benchmark_process
 import pytest
 
+import benchmark_process
 from benchmarks import train_step as train_step_bench
 
 ROOT = benchmark_process.ROOT
